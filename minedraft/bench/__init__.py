@@ -1,0 +1,1 @@
+"""Workloads, the request runner, metrics and provenance of benchmark runs."""

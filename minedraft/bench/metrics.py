@@ -1,0 +1,51 @@
+"""Serving metrics from per-request timings, with the names `vllm bench serve` uses."""
+
+from __future__ import annotations
+
+import statistics
+
+from minedraft.bench.runner import RequestResult
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo, hi = int(pos), min(int(pos) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def serving_metrics(results: list[RequestResult], duration_s: float) -> dict:
+    done = [r for r in results if r.finish_time is not None]
+    ttft = [1000 * (r.first_token_time - r.submit_time) for r in done if r.first_token_time]
+    e2el = [1000 * (r.finish_time - r.submit_time) for r in done]
+    tpot = [1000 * (r.finish_time - r.first_token_time) / (len(r.token_ids) - 1)
+            for r in done if r.first_token_time is not None and len(r.token_ids) > 1]
+    out_tokens = sum(len(r.token_ids) for r in done)
+    m = {
+        "num_requests": len(done),
+        "duration_s": duration_s,
+        "total_input_tokens": sum(r.prompt_len for r in done),
+        "total_output_tokens": out_tokens,
+        "output_throughput_tok_s": out_tokens / duration_s if duration_s > 0 else float("nan"),
+        "request_throughput_req_s": len(done) / duration_s if duration_s > 0 else float("nan"),
+    }
+    for name, values in (("ttft", ttft), ("tpot", tpot), ("e2el", e2el)):
+        m[f"mean_{name}_ms"] = _mean(values)
+        m[f"p50_{name}_ms"] = _pct(values, 50)
+        m[f"p99_{name}_ms"] = _pct(values, 99)
+    return m
+
+
+def median_of_runs(runs: list[dict]) -> dict:
+    """Per-key median over repeated runs of the same configuration (numbers only)."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in runs)
+    return out

@@ -1,0 +1,97 @@
+"""Drive an Engine through a list of requests, the way `vllm bench serve` sends them.
+
+Arrivals: all at once (rate = inf) or a Poisson process of the given rate; at most
+`max_concurrency` requests in flight. Per request we record when it was submitted, when its first
+token came back and when it finished, which is all the latency metrics need.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from minedraft.engine import Engine
+from minedraft.bench.workloads import Request
+
+
+@dataclass
+class RequestResult:
+    index: int
+    prompt_len: int
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    submit_time: float = 0.0  # seconds from the start of the run
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    finish_reason: str | None = None
+
+
+def arrival_offsets(n: int, request_rate: float, seed: int) -> list[float]:
+    """Seconds after the start at which each request arrives (Poisson for a finite rate)."""
+    if math.isinf(request_rate):
+        return [0.0] * n
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(request_rate)
+    return out
+
+
+def run_requests(engine: Engine, requests: list[Request], sampling_params, *,
+                 request_rate: float = math.inf, max_concurrency: int | None = None,
+                 seed: int = 0, progress: bool = True, on_step=None) -> tuple[list[RequestResult], float]:
+    """Run `requests` and return their results (in input order) and the run's wall time.
+
+    `sampling_params(request) -> vllm.SamplingParams` lets every request carry its own limits.
+    """
+    from vllm.sampling_params import RequestOutputKind
+
+    llm = engine.llm_engine
+    arrivals = deque(zip(arrival_offsets(len(requests), request_rate, seed), range(len(requests))))
+    results = [RequestResult(i, len(r.prompt_token_ids)) for i, r in enumerate(requests)]
+    in_flight: dict[str, int] = {}
+    bar = _progress(len(requests), progress)
+    run_id = f"{time.monotonic_ns():x}"
+    start = time.perf_counter()
+    while arrivals or in_flight:
+        now = time.perf_counter() - start
+        while arrivals and arrivals[0][0] <= now and (
+                max_concurrency is None or len(in_flight) < max_concurrency):
+            _, i = arrivals.popleft()
+            params = sampling_params(requests[i])
+            params.output_kind = RequestOutputKind.DELTA
+            rid = f"{run_id}-{i}"
+            llm.add_request(rid, {"prompt_token_ids": requests[i].prompt_token_ids}, params)
+            results[i].submit_time = now
+            in_flight[rid] = i
+        if not in_flight:  # idle until the next arrival
+            time.sleep(max(0.0, arrivals[0][0] - (time.perf_counter() - start)))
+            continue
+        outputs = llm.step()
+        t = time.perf_counter() - start
+        for out in outputs:
+            res = results[in_flight[out.request_id]]
+            completion = out.outputs[0]
+            if completion.token_ids:
+                if res.first_token_time is None:
+                    res.first_token_time = t
+                res.token_ids.extend(completion.token_ids)
+                res.text += completion.text
+            if out.finished:
+                res.finish_time = t
+                res.finish_reason = completion.finish_reason
+                del in_flight[out.request_id]
+                bar.update(1)
+        if on_step is not None:
+            on_step(t)
+    bar.close()
+    return results, time.perf_counter() - start
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc="requests", unit="req", disable=not enabled, leave=False)

