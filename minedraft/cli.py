@@ -164,6 +164,55 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", dest="json_out", default=None, help="write results to this file")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_engine_options(b)
+
+    d = sub.add_parser("distill", help="train a drafter that imitates a target",
+                       description="Generates the target's greedy answers to ShareGPT prompts "
+                                   "with vLLM, then trains a few of the target's layers (frozen, "
+                                   "tied embeddings) on them. Checkpoints and resumes in --out.")
+    d.add_argument("--target", default=models.TARGET,
+                   help=f"target: bundled name or checkpoint directory (default: {models.TARGET})")
+    d.add_argument("--out", required=True,
+                   help="output directory: corpus, training state, checkpoint, report.json")
+    d.add_argument("--layers", type=positive_int, default=8,
+                   help="drafter layers, taken evenly from the target (default: 8)")
+    d.add_argument("--tokens", type=positive_int, default=500_000,
+                   help="answer tokens to train on (default: 500000)")
+    d.add_argument("--time-budget", type=non_negative_float, default=None,
+                   help="stop training after this many minutes (default: no limit)")
+    d.add_argument("--train-prompts", type=positive_int, default=3000,
+                   help="ShareGPT training prompts answered by the target (default: 3000)")
+    d.add_argument("--heldout-prompts", type=positive_int, default=64,
+                   help="held-out prompts for evaluation (default: 64)")
+    d.add_argument("--answer-len", type=positive_int, default=128,
+                   help="tokens per generated answer (default: 128)")
+    d.add_argument("--batch-tokens", type=positive_int, default=4096,
+                   help="padded tokens per optimizer step (default: 4096)")
+    d.add_argument("--lr", type=non_negative_float, default=1e-3,
+                   help="peak learning rate, cosine decay (default: 0.001)")
+    d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    d.add_argument("--export-bundle", action="store_true",
+                   help="also store the result as the bundled drafter (minedraft/assets)")
+
+    e = sub.add_parser("evaluate-drafter", help="measure a drafter through vLLM's SD",
+                       description="Acceptance (greedy and temperature 1), mean accepted length "
+                                   "for k = 1..max-k, cost ratio c and expected/measured SD "
+                                   "speed-up, on held-out ShareGPT prompts.")
+    e.add_argument("--target", default=models.TARGET,
+                   help=f"target: bundled name or checkpoint directory (default: {models.TARGET})")
+    e.add_argument("--draft", default=models.DRAFTER,
+                   help=f"drafter: bundled name or checkpoint directory (default: {models.DRAFTER})")
+    e.add_argument("--max-k", type=positive_int, default=5, help="largest k measured (default: 5)")
+    e.add_argument("--num-prompts", type=positive_int, default=32,
+                   help="held-out prompts (default: 32)")
+    e.add_argument("--output-len", type=positive_int, default=64,
+                   help="tokens per request (default: 64)")
+    e.add_argument("--max-concurrency", type=positive_int, default=4,
+                   help="requests in flight (default: 4)")
+    e.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype (default: bfloat16)")
+    e.add_argument("--target-cores", default="all", help="cores for the engines (default: all)")
+    e.add_argument("--enforce-eager", action="store_true", help="skip torch.compile")
+    e.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    e.add_argument("--json", dest="json_out", default=None, help="write the results here")
     return parser
 
 
@@ -239,6 +288,47 @@ def cmd_bench(args) -> None:
         print(f"wrote {args.json_out}")
 
 
+def cmd_distill(args) -> None:
+    from minedraft.distill import DistillConfig, distill
+
+    cfg = DistillConfig(target=args.target, out=args.out, layers=args.layers, tokens=args.tokens,
+                        time_budget_min=args.time_budget, train_prompts=args.train_prompts,
+                        heldout_prompts=args.heldout_prompts, answer_len=args.answer_len,
+                        batch_tokens=args.batch_tokens, lr=args.lr, seed=args.seed)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    report = distill(cfg)
+    print(f"drafter: {args.out} ({len(report['target_layers_kept'])} layers "
+          f"{report['target_layers_kept']})")
+    print(f"trained on {report['tokens_seen']} answer tokens in {report['train_seconds'] / 60:.1f} "
+          f"min (+{report['corpus_seconds'] / 60:.1f} min generating the corpus)")
+    print(f"held-out greedy agreement {report['heldout_agreement']:.3f}, "
+          f"loss {report['heldout_loss']:.3f}")
+    if args.export_bundle:
+        print(f"bundled as {models.export_drafter_bundle(Path(args.out))}")
+
+
+def cmd_evaluate_drafter(args) -> None:
+    from minedraft.bench.provenance import provenance
+    from minedraft.evaluate import EvalConfig, evaluate_drafter, format_evaluation
+
+    cfg = EvalConfig(target=args.target, draft=args.draft, max_k=args.max_k,
+                     num_prompts=args.num_prompts, output_len=args.output_len,
+                     max_concurrency=args.max_concurrency, dtype=args.dtype,
+                     target_cores=args.target_cores, enforce_eager=args.enforce_eager,
+                     seed=args.seed)
+    try:
+        result = evaluate_drafter(cfg)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(format_evaluation(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({**result, **provenance()}, indent=1))
+        print(f"wrote {args.json_out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -247,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         import os
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from minedraft.bench.workloads import WorkloadError
-    commands = {"models": cmd_models, "generate": cmd_generate, "bench": cmd_bench}
+    commands = {"models": cmd_models, "generate": cmd_generate, "bench": cmd_bench,
+                "distill": cmd_distill, "evaluate-drafter": cmd_evaluate_drafter}
     try:
         commands[args.command](args)
     except (UserError, ConfigError, models.ModelError, WorkloadError) as exc:

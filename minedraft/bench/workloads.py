@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -108,15 +109,29 @@ def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(ids)
 
 
+SPLITS = ("all", "train", "heldout")
+
+
+def in_split(record_id, split: str) -> bool:
+    """A fixed 90/10 partition of ShareGPT by record id: drafters train on `train` and are
+    evaluated on `heldout`, whatever seeds either side uses."""
+    if split == "all":
+        return True
+    heldout = zlib.crc32(str(record_id).encode()) % 10 == 0
+    return heldout if split == "heldout" else not heldout
+
+
 def sharegpt_requests(tokenizer, num_prompts: int, seed: int = 0, min_prompt_len: int = 4,
                       max_prompt_len: int = 1024, path: Path | None = None,
-                      skip: int = 0) -> list[Request]:
+                      skip: int = 0, split: str = "all") -> list[Request]:
     """`num_prompts` ShareGPT first human turns, chat-templated, prompt length filtered.
 
     Deterministic: the records are shuffled with `seed`, then taken in order while they pass the
     filter. `skip` drops that many accepted prompts first (to get prompts disjoint from another
-    sample with the same seed, e.g. held-out evaluation).
+    sample with the same seed). `split` restricts to the training or held-out partition.
     """
+    if split not in SPLITS:
+        raise WorkloadError(f"unknown ShareGPT split {split!r}; choose from {', '.join(SPLITS)}")
     data = read_sharegpt(path)
     order = list(range(len(data.records)))
     random.Random(seed).shuffle(order)
@@ -124,7 +139,7 @@ def sharegpt_requests(tokenizer, num_prompts: int, seed: int = 0, min_prompt_len
     accepted = 0
     for idx in order:
         text = first_human_turn(data.records[idx])
-        if text is None:
+        if text is None or not in_split(data.records[idx].get("id"), split):
             continue
         ids = chat_prompt_ids(tokenizer, text)
         if not (min_prompt_len <= len(ids) <= max_prompt_len):

@@ -1,0 +1,306 @@
+"""`minedraft distill`: train a small drafter that imitates a target model.
+
+Recipe (measured on 2 CPU cores, see README): the drafter is the target's architecture with a few
+of its layers (evenly spaced, first and last included), the target's embeddings frozen and tied
+to the head. It learns, by cross-entropy, the target's own greedy answers to ShareGPT prompts
+(generated with vLLM, far faster than eager PyTorch). Only answer positions go through the
+49152-wide head, which is most of the cost. Held-out agreement (drafter argmax == target's greedy
+token, teacher-forced on held-out answers) is greedy acceptance at k = 1.
+
+Everything lives in the output directory: the generated corpus, a training state written
+atomically every few minutes (an interrupted run resumes from it), the final Hugging Face
+checkpoint and report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from minedraft import models
+
+logger = logging.getLogger(__name__)
+
+STATE = "train-state.pt"
+REPORT = "report.json"
+
+
+@dataclass
+class DistillConfig:
+    target: str = models.TARGET
+    out: str = "drafter"
+    layers: int = 8
+    tokens: int = 500_000  # answer tokens to train on (stop earlier on --time-budget)
+    time_budget_min: float | None = None
+    train_prompts: int = 3000  # ShareGPT train-split prompts answered by the target
+    heldout_prompts: int = 64
+    answer_len: int = 128
+    max_prompt_len: int = 384
+    batch_tokens: int = 4096  # padded tokens per optimizer step
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    eval_every_min: float = 5.0
+    seed: int = 0
+    threads: int = 0  # 0: all cores
+
+    def validate(self) -> "DistillConfig":
+        for name in ("layers", "tokens", "train_prompts", "heldout_prompts", "answer_len",
+                     "batch_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise ValueError("--time-budget must be > 0 minutes")
+        if not self.lr > 0:
+            raise ValueError("--lr must be > 0")
+        return self
+
+
+# --------------------------------------------------------------------------- corpus
+
+def build_corpus(cfg: DistillConfig, split: str, n: int, seed: int) -> list[tuple[list, list]]:
+    """(prompt ids, target's greedy answer ids) pairs for `n` ShareGPT prompts, cached on disk."""
+    path = Path(cfg.out) / f"corpus-{split}.jsonl"
+    meta = {"split": split, "n": n, "seed": seed, "answer_len": cfg.answer_len,
+            "max_prompt_len": cfg.max_prompt_len, "target": str(models.resolve(cfg.target))}
+    if path.is_file():
+        lines = path.read_text().splitlines()
+        if lines and json.loads(lines[0]) == meta:
+            return [tuple(json.loads(line)) for line in lines[1:]]
+    from minedraft.api import generate
+    from minedraft.bench.workloads import sharegpt_requests
+    from minedraft.config import EngineConfig
+    from minedraft.engine import Engine
+
+    logger.warning("generating %d %s answers with vLLM (cached in %s)", n, split, path)
+    with Engine(EngineConfig(mode="ar", target=cfg.target, dtype="bfloat16",
+                             max_model_len=cfg.max_prompt_len + cfg.answer_len + 8)) as engine:
+        requests = sharegpt_requests(engine.tokenizer, n, seed=seed, split=split,
+                                     max_prompt_len=cfg.max_prompt_len)
+        rows = generate(engine, requests, max_tokens=cfg.answer_len)
+    pairs = [(r["prompt_token_ids"], r["token_ids"]) for r in rows if r["token_ids"]]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(json.dumps(x) for x in [meta, *pairs]) + "\n")
+    os.replace(tmp, path)
+    return pairs
+
+
+# --------------------------------------------------------------------------- model
+
+def layer_indices(num_target_layers: int, n: int) -> list[int]:
+    """`n` evenly spaced layers of the target, first and last included."""
+    if n >= num_target_layers:
+        return list(range(num_target_layers))
+    if n == 1:
+        return [num_target_layers - 1]
+    return sorted({round(i * (num_target_layers - 1) / (n - 1)) for i in range(n)})
+
+
+def init_drafter(target_dir: Path, n_layers: int):
+    """The target cut to `n_layers` layers; embeddings (tied head) frozen."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32)
+    keep = layer_indices(model.config.num_hidden_layers, n_layers)
+    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in keep)
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = i
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    model.get_input_embeddings().weight.requires_grad_(False)
+    return model, keep
+
+
+def answer_loss(model, batch, *, return_agreement: bool = False):
+    """Mean cross-entropy of the drafter on answer positions only (and argmax agreement)."""
+    import torch
+    import torch.nn.functional as F
+
+    input_ids, attn, pos_rows, pos_cols, labels = batch
+    hidden = model.model(input_ids=input_ids, attention_mask=attn).last_hidden_state
+    logits = model.lm_head(hidden[pos_rows, pos_cols]).float()
+    loss = F.cross_entropy(logits, labels)
+    if not return_agreement:
+        return loss
+    return loss, (logits.argmax(-1) == labels).sum().item(), labels.numel()
+
+
+def make_batch(examples: list[tuple[list, list]]):
+    """Right-padded batch; targets are answer tokens, predicted from the position before each."""
+    import torch
+
+    seqs = [p + a for p, a in examples]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    attn = torch.zeros(len(seqs), width, dtype=torch.long)
+    rows, cols, labels = [], [], []
+    for r, ((p, a), s) in enumerate(zip(examples, seqs)):
+        ids[r, :len(s)] = torch.tensor(s)
+        attn[r, :len(s)] = 1
+        for j in range(len(a)):
+            rows.append(r)
+            cols.append(len(p) - 1 + j)
+            labels.append(a[j])
+    return ids, attn, torch.tensor(rows), torch.tensor(cols), torch.tensor(labels)
+
+
+def batches(pairs: list, batch_tokens: int, rng: random.Random):
+    """Shuffled batches of about `batch_tokens` padded tokens, length-bucketed to waste little."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    chunks, cur, width = [], [], 0
+    for i in order:
+        w = len(pairs[i][0]) + len(pairs[i][1])
+        if cur and max(width, w) * (len(cur) + 1) > batch_tokens:
+            chunks.append(cur)
+            cur, width = [], 0
+        cur.append(i)
+        width = max(width, w)
+    if cur:
+        chunks.append(cur)
+    rng.shuffle(chunks)
+    return [[pairs[i] for i in c] for c in chunks]
+
+
+def evaluate(model, pairs: list, batch_tokens: int) -> dict:
+    import torch
+
+    model.eval()
+    loss_sum = agree = total = 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for chunk in batches(pairs, batch_tokens, random.Random(0)):
+            loss, a, n = answer_loss(model, make_batch(chunk), return_agreement=True)
+            loss_sum += loss.item() * n
+            agree += a
+            total += n
+    model.train()
+    return {"heldout_loss": loss_sum / total, "heldout_agreement": agree / total}
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    history: list = field(default_factory=list)
+
+
+def distill(cfg: DistillConfig, progress: bool = True) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target_dir = models.resolve(cfg.target)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    t_data = time.perf_counter()
+    train = build_corpus(cfg, "train", cfg.train_prompts, cfg.seed)
+    heldout = build_corpus(cfg, "heldout", cfg.heldout_prompts, cfg.seed)
+    data_seconds = time.perf_counter() - t_data
+
+    model, kept = init_drafter(target_dir, cfg.layers)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    total_steps = max(1, math.ceil(cfg.tokens / max(1, _answer_tokens_per_batch(train, cfg))))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: _lr_factor(s, cfg.warmup_steps,
+                                                                          total_steps))
+    state = TrainState()
+    if (out / STATE).is_file():  # resume
+        saved = torch.load(out / STATE, weights_only=False)
+        model.load_state_dict(saved["model"], strict=False)
+        optim.load_state_dict(saved["optim"])
+        sched.load_state_dict(saved["sched"])
+        state = TrainState(**saved["state"])
+        logger.warning("resuming from step %d (%d tokens)", state.step, state.tokens_seen)
+    else:
+        state.history.append({"step": 0, "tokens": 0, **evaluate(model, heldout, cfg.batch_tokens)})
+
+    budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else math.inf
+    bar = tqdm(total=cfg.tokens, initial=state.tokens_seen, unit="tok", desc="distill",
+               disable=not progress, dynamic_ncols=True)
+    last_eval = time.perf_counter()
+    session_start = time.perf_counter() - state.train_seconds
+    model.train()
+    while state.tokens_seen < cfg.tokens and time.perf_counter() - session_start < budget_s:
+        epoch_batches = batches(train, cfg.batch_tokens, random.Random(cfg.seed + state.epoch))
+        if state.batch_in_epoch >= len(epoch_batches):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            continue
+        batch = make_batch(epoch_batches[state.batch_in_epoch])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = answer_loss(model, batch)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        sched.step()
+        n = batch[4].numel()
+        state.step += 1
+        state.batch_in_epoch += 1
+        state.tokens_seen += n
+        state.train_seconds = time.perf_counter() - session_start
+        bar.update(n)
+        bar.set_postfix(loss=f"{loss.item():.3f}", epoch=state.epoch)
+        if time.perf_counter() - last_eval > cfg.eval_every_min * 60:
+            state.history.append({"step": state.step, "tokens": state.tokens_seen,
+                                  "train_loss": loss.item(),
+                                  **evaluate(model, heldout, cfg.batch_tokens)})
+            bar.write(json.dumps(state.history[-1]))
+            _save_state(out, model, optim, sched, state)
+            last_eval = time.perf_counter()
+    bar.close()
+    _save_state(out, model, optim, sched, state)
+
+    final = evaluate(model, heldout, cfg.batch_tokens)
+    state.history.append({"step": state.step, "tokens": state.tokens_seen, **final})
+    model.get_input_embeddings().weight.requires_grad_(True)
+    model.save_pretrained(out, safe_serialization=True)
+    models.load_tokenizer(target_dir).save_pretrained(out)
+    report = {
+        "config": asdict(cfg), "target_layers_kept": kept,
+        "train_answers": len(train), "heldout_answers": len(heldout),
+        "corpus_seconds": data_seconds, "train_seconds": state.train_seconds,
+        "steps": state.step, "tokens_seen": state.tokens_seen, "epochs": state.epoch,
+        **final, "history": state.history,
+    }
+    (out / REPORT).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _answer_tokens_per_batch(pairs, cfg) -> int:
+    avg_seq = sum(len(p) + len(a) for p, a in pairs) / len(pairs)
+    avg_ans = sum(len(a) for _, a in pairs) / len(pairs)
+    return int(cfg.batch_tokens / avg_seq * avg_ans)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _save_state(out: Path, model, optim, sched, state: TrainState) -> None:
+    import torch
+
+    trainable = {k: v for k, v in model.state_dict().items() if "embed_tokens" not in k
+                 and "lm_head" not in k}
+    tmp = out / (STATE + ".tmp")
+    torch.save({"model": trainable, "optim": optim.state_dict(), "sched": sched.state_dict(),
+                "state": asdict(state)}, tmp)
+    os.replace(tmp, out / STATE)
