@@ -16,6 +16,7 @@ import math
 from minedraft.bench import workloads
 from minedraft.bench.metrics import median_of_runs, serving_metrics
 from minedraft.bench.runner import run_requests
+from minedraft.bench.trace import read_trace, trace_metrics, trace_size
 from minedraft.bench.workloads import Request, WorkloadError
 from minedraft.engine import Engine
 
@@ -43,14 +44,19 @@ def _sampling(max_tokens: int, temperature: float, seed: int | None, ignore_eos:
 
 
 def generate(engine: Engine, requests: list[Request], *, max_tokens: int = 128,
-             temperature: float = 0.0, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Run every request to completion; one dict per request, in input order."""
+             temperature: float = 0.0, seed: int = 0, progress: bool = True,
+             request_rate: float = math.inf, abort_after: dict[int, int] | None = None,
+             on_step=None) -> list[dict]:
+    """Run every request to completion; one dict per request, in input order.
+
+    With temperature > 0, request i samples with seed `seed + i` (reproducible)."""
     seeds = {id(r): seed + i for i, r in enumerate(requests)}
     results, _ = run_requests(
         engine, requests,
         lambda r: _sampling(r.output_len or max_tokens, temperature,
                             seeds[id(r)] if temperature > 0 else None),
-        progress=progress)
+        progress=progress, request_rate=request_rate, seed=seed, abort_after=abort_after,
+        on_step=on_step)
     return [{"prompt": req.prompt, "text": res.text, "token_ids": res.token_ids,
              "prompt_token_ids": req.prompt_token_ids, "finish_reason": res.finish_reason}
             for req, res in zip(requests, results)]
@@ -76,10 +82,12 @@ def benchmark(engine: Engine, requests: list[Request], *, output_len: int = 128,
     runs = []
     for rep in range(repeats):
         engine.spec.reset()
+        offset = trace_size(engine.config.trace_path)
         results, duration = run_requests(engine, requests, params, request_rate=request_rate,
                                          max_concurrency=max_concurrency, seed=seed + rep,
                                          progress=progress)
-        runs.append({**serving_metrics(results, duration), **engine.spec.summary()})
+        runs.append({**serving_metrics(results, duration), **engine.spec.summary(),
+                     **trace_metrics(read_trace(engine.config.trace_path, offset))})
     summary = median_of_runs(runs)
     summary.update(mode=engine.config.mode, repeats=repeats, runs=runs,
                    engine_startup_s=engine.startup_s)

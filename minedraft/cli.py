@@ -90,6 +90,14 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-cores", default="all",
                    help="CPU cores of the target engine, e.g. 0 or 0-1 "
                         "(sets VLLM_CPU_OMP_THREADS_BIND; default: all)")
+    g.add_argument("--draft-cores", default=None,
+                   help="CPU cores of the drafter process in sd-ext/psd, disjoint from the "
+                        "target's (default: the cores the target does not use)")
+    g.add_argument("--trace", default=None,
+                   help="sd-ext/psd: write a per-step JSONL trace (draft, verify and step times, "
+                        "sub-batch sizes) to this file")
+    g.add_argument("--drafter-log", default=None,
+                   help="sd-ext/psd: file for the drafter process's log (default: discarded)")
     g.add_argument("--max-model-len", type=positive_int, default=2048,
                    help="context length: prompt plus output tokens (default: 2048)")
     g.add_argument("--max-num-seqs", type=positive_int, default=256,
@@ -222,7 +230,8 @@ def engine_config(args, mode: str) -> EngineConfig:
     return EngineConfig(
         mode=mode, target=args.target, draft=args.draft,
         num_speculative_tokens=args.num_speculative_tokens, dtype=args.dtype,
-        target_cores=args.target_cores, max_model_len=args.max_model_len,
+        target_cores=args.target_cores, draft_cores=args.draft_cores, trace_path=args.trace,
+        drafter_log=args.drafter_log, max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
         enforce_eager=args.enforce_eager, seed=args.seed).validate()
 

@@ -11,6 +11,7 @@ from minedraft import models
 # in its own process, sequential or overlapped) by registering a builder in minedraft.engine.MODES.
 ALL_MODES = ("ar", "sd", "sd-ext", "psd")
 SPECULATIVE_MODES = ("sd", "sd-ext", "psd")
+EXTERNAL_DRAFTER_MODES = ("sd-ext", "psd")  # drafter in its own process, on its own cores
 DTYPES = ("auto", "bfloat16", "float32")
 
 
@@ -26,7 +27,9 @@ class EngineConfig:
     num_speculative_tokens: int = 3
     dtype: str = "bfloat16"
     target_cores: str = "all"  # VLLM_CPU_OMP_THREADS_BIND for the target, e.g. "0" or "0-1"
-    draft_cores: str | None = None  # drafter's own cores (sd-ext / psd only)
+    draft_cores: str | None = None  # drafter's own cores (sd-ext / psd; default: the others)
+    trace_path: str | None = None  # sd-ext / psd: per-step JSONL trace
+    drafter_log: str | None = None  # sd-ext / psd: where the drafter process logs
     max_model_len: int = 2048
     max_num_seqs: int = 256
     kv_cache_gib: int = 2
@@ -46,12 +49,18 @@ class EngineConfig:
             raise ConfigError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
         if self.kv_cache_gib < 1:
             raise ConfigError(f"--kv-cache-gib must be >= 1, got {self.kv_cache_gib}")
-        parse_cores(self.target_cores)
+        target_cores = set(parse_cores(self.target_cores))
+        if self.mode in EXTERNAL_DRAFTER_MODES and self.draft_cores is None:
+            rest = sorted(set(parse_cores("all")) - target_cores)
+            if not rest:
+                raise ConfigError(f"{self.mode} runs the drafter on cores of its own: give the "
+                                  "target fewer, e.g. --target-cores 0 --draft-cores 1")
+            self.draft_cores = ",".join(map(str, rest))
         if self.draft_cores is not None:
-            if self.mode not in ("sd-ext", "psd"):
+            if self.mode not in EXTERNAL_DRAFTER_MODES:
                 raise ConfigError("--draft-cores applies to sd-ext and psd only "
                                   "(vLLM's sd runs the drafter on the target's cores)")
-            overlap = set(parse_cores(self.draft_cores)) & set(parse_cores(self.target_cores))
+            overlap = set(parse_cores(self.draft_cores)) & target_cores
             if overlap:
                 raise ConfigError(f"drafter cores {self.draft_cores} overlap the target's "
                                   f"{self.target_cores} (cores {sorted(overlap)})")

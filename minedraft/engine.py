@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from minedraft import models
-from minedraft.config import ConfigError, EngineConfig, omp_bind
+from minedraft.config import EXTERNAL_DRAFTER_MODES, ConfigError, EngineConfig, omp_bind
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class SpecCounters:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     accepted_per_pos: list[int] = field(default_factory=list)
+    num_preempted: int = 0  # not speculative, but counted by the same stat logger
 
     def add(self, stats) -> None:
         self.num_drafts += stats.num_drafts
@@ -65,6 +67,8 @@ def _stat_logger_factory(counters: SpecCounters):
             stats = getattr(scheduler_stats, "spec_decoding_stats", None)
             if stats is not None:
                 counters.add(stats)
+            if iteration_stats is not None:
+                counters.num_preempted += iteration_stats.num_preempted_reqs
 
         def log_engine_initialized(self):
             pass
@@ -97,8 +101,30 @@ def _sd_args(config: EngineConfig) -> dict:
     }}
 
 
+def _external_drafter_args(config: EngineConfig, overlap: bool) -> dict:
+    """sd-ext / psd: the PSD scheduler and a drafter process on its own cores."""
+    draft = models.resolve(default_draft(config))
+    settings = {"draft": str(draft), "draft_cores": omp_bind(config.draft_cores),
+                "draft_dtype": config.dtype, "draft_enforce_eager": config.enforce_eager,
+                "overlap": overlap, "trace_path": config.trace_path,
+                "drafter_log": config.drafter_log}
+    return {
+        "scheduler_cls": "minedraft.scheduler.PSDScheduler",
+        "speculative_config": {"method": "custom_class",
+                               "model": "minedraft.scheduler.ExternalDraftProposer",
+                               "num_speculative_tokens": config.num_speculative_tokens},
+        "additional_config": {"minedraft": {k: v for k, v in settings.items() if v is not None}},
+        "async_scheduling": False,
+    }
+
+
 # mode -> function returning the extra vLLM engine arguments of that mode
-MODES: dict[str, Callable[[EngineConfig], dict]] = {"ar": _ar_args, "sd": _sd_args}
+MODES: dict[str, Callable[[EngineConfig], dict]] = {
+    "ar": _ar_args,
+    "sd": _sd_args,
+    "sd-ext": lambda config: _external_drafter_args(config, overlap=False),
+    "psd": lambda config: _external_drafter_args(config, overlap=True),
+}
 
 
 def engine_args(config: EngineConfig) -> dict:
@@ -123,12 +149,15 @@ def engine_args(config: EngineConfig) -> dict:
 class Engine:
     """A vLLM V1 LLMEngine for one EngineConfig, with its speculative counters."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, extra_args: dict | None = None):
         from vllm.engine.arg_utils import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
+        if config.mode in EXTERNAL_DRAFTER_MODES and config.trace_path is None:
+            fd, config.trace_path = tempfile.mkstemp(prefix="minedraft-trace-", suffix=".jsonl")
+            os.close(fd)
         self.config = config
-        args = engine_args(config)
+        args = {**engine_args(config), **(extra_args or {})}
         # Read by vLLM's CPU worker when it starts: which cores its OpenMP threads use, and
         # how much memory the KV cache gets.
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = omp_bind(config.target_cores)

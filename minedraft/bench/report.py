@@ -16,6 +16,10 @@ COLUMNS = [  # (header, key, format)
     ("p99 E2EL", "p99_e2el_ms", "{:.0f}"),
     ("accept", "acceptance_rate", "{:.3f}"),
     ("acc len", "mean_accepted_length", "{:.2f}"),
+    ("draft ms", "mean_draft_ms", "{:.1f}"),
+    ("verify ms", "mean_verify_ms", "{:.1f}"),
+    ("step ms", "mean_step_ms", "{:.1f}"),
+    ("overlap", "overlap_efficiency", "{:.2f}"),
     ("vs ar", "speedup_vs_ar", "{:.2f}x"),
 ]
 

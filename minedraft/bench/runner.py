@@ -43,11 +43,15 @@ def arrival_offsets(n: int, request_rate: float, seed: int) -> list[float]:
 
 def run_requests(engine: Engine, requests: list[Request], sampling_params, *,
                  request_rate: float = math.inf, max_concurrency: int | None = None,
-                 seed: int = 0, progress: bool = True, on_step=None) -> tuple[list[RequestResult], float]:
+                 seed: int = 0, progress: bool = True, on_step=None,
+                 abort_after: dict[int, int] | None = None) -> tuple[list[RequestResult], float]:
     """Run `requests` and return their results (in input order) and the run's wall time.
 
     `sampling_params(request) -> vllm.SamplingParams` lets every request carry its own limits.
+    `abort_after` {request index: n} aborts that request once it has n tokens, as a client that
+    goes away would (its finish_reason becomes "abort").
     """
+    abort_after = abort_after or {}
     from vllm.sampling_params import RequestOutputKind
 
     llm = engine.llm_engine
@@ -84,6 +88,11 @@ def run_requests(engine: Engine, requests: list[Request], sampling_params, *,
             if out.finished:
                 res.finish_time = t
                 res.finish_reason = completion.finish_reason
+                del in_flight[out.request_id]
+                bar.update(1)
+            elif len(res.token_ids) >= abort_after.get(res.index, 1 << 30):
+                llm.abort_request([out.request_id])
+                res.finish_time, res.finish_reason = t, "abort"
                 del in_flight[out.request_id]
                 bar.update(1)
         if on_step is not None:
