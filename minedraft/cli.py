@@ -56,20 +56,25 @@ def request_rate(text: str) -> float:
     return value
 
 
-def mode_list(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ALL_MODES]
-    if not modes or bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown mode {', '.join(bad) or text!r}; choose from {', '.join(ALL_MODES)}")
-    return modes
+def mode_list(text: str) -> list[tuple[str, str | None]]:
+    """'ar,psd' or with the target's cores per mode: 'ar@0,sd@0,psd,ar@all'."""
+    out = []
+    for item in (m.strip() for m in text.split(",") if m.strip()):
+        mode, _, cores = item.partition("@")
+        if mode not in ALL_MODES:
+            raise argparse.ArgumentTypeError(
+                f"unknown mode {mode!r}; choose from {', '.join(ALL_MODES)}")
+        out.append((mode, cores or None))
+    if not out:
+        raise argparse.ArgumentTypeError("no mode given")
+    return out
 
 
 def single_mode(text: str) -> str:
     modes = mode_list(text)
-    if len(modes) != 1:
-        raise argparse.ArgumentTypeError("generate takes one mode")
-    return modes[0]
+    if len(modes) != 1 or modes[0][1]:
+        raise argparse.ArgumentTypeError("generate takes one mode (cores: --target-cores)")
+    return modes[0][0]
 
 
 # --------------------------------------------------------------------------- parser
@@ -149,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serves the workload with each mode in turn (same prompts, "
                                    "same arrivals) and prints a table; --json writes all numbers "
                                    "with the hardware, versions and command.")
-    b.add_argument("--mode", type=mode_list, default=["ar"],
-                   help=f"mode or comma-separated modes from {', '.join(ALL_MODES)} "
+    b.add_argument("--mode", type=mode_list, default=[("ar", None)],
+                   help=f"mode or comma-separated modes from {', '.join(ALL_MODES)}; MODE@CORES "
+                        "gives that run its own target cores, e.g. ar@0,sd@0,psd,ar@all "
                         "(default: ar)")
     b.add_argument("--dataset", default="sharegpt",
                    help="sharegpt, random, or the path of a JSONL prompts file (default: sharegpt)")
@@ -183,18 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory: corpus, training state, checkpoint, report.json")
     d.add_argument("--layers", type=positive_int, default=8,
                    help="drafter layers, taken evenly from the target (default: 8)")
-    d.add_argument("--tokens", type=positive_int, default=500_000,
-                   help="answer tokens to train on (default: 500000)")
+    d.add_argument("--tokens", type=positive_int, default=600_000,
+                   help="answer tokens to train on (default: 600000)")
     d.add_argument("--time-budget", type=non_negative_float, default=None,
                    help="stop training after this many minutes (default: no limit)")
-    d.add_argument("--train-prompts", type=positive_int, default=3000,
-                   help="ShareGPT training prompts answered by the target (default: 3000)")
+    d.add_argument("--train-prompts", type=positive_int, default=4000,
+                   help="ShareGPT training prompts answered by the target (default: 4000)")
     d.add_argument("--heldout-prompts", type=positive_int, default=64,
                    help="held-out prompts for evaluation (default: 64)")
     d.add_argument("--answer-len", type=positive_int, default=128,
                    help="tokens per generated answer (default: 128)")
-    d.add_argument("--batch-tokens", type=positive_int, default=4096,
-                   help="padded tokens per optimizer step (default: 4096)")
+    d.add_argument("--batch-tokens", type=positive_int, default=1024,
+                   help="padded tokens per optimizer step (default: 1024)")
     d.add_argument("--lr", type=non_negative_float, default=1e-3,
                    help="peak learning rate, cosine decay (default: 0.001)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -226,11 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- commands
 
-def engine_config(args, mode: str) -> EngineConfig:
+def engine_config(args, mode: str, target_cores: str | None = None) -> EngineConfig:
+    external = mode in ("sd-ext", "psd")
     return EngineConfig(
         mode=mode, target=args.target, draft=args.draft,
         num_speculative_tokens=args.num_speculative_tokens, dtype=args.dtype,
-        target_cores=args.target_cores, draft_cores=args.draft_cores, trace_path=args.trace,
+        target_cores=target_cores or args.target_cores,
+        draft_cores=args.draft_cores if external else None,
+        trace_path=args.trace if external else None,
         drafter_log=args.drafter_log, max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
         enforce_eager=args.enforce_eager, seed=args.seed).validate()
@@ -271,7 +280,7 @@ def cmd_bench(args) -> None:
     from minedraft.bench.report import print_table
     from minedraft.engine import Engine
 
-    configs = [engine_config(args, mode) for mode in args.mode]  # validate all before starting
+    configs = [engine_config(args, mode, cores) for mode, cores in args.mode]  # check all first
     tokenizer = models.load_tokenizer(models.resolve(args.target))
     requests = load_workload(args.dataset, tokenizer, args.num_prompts, seed=args.seed,
                              input_len=args.input_len,

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
@@ -60,6 +61,17 @@ class PSDSettings:
         if not settings.draft and not settings.draft_address:
             raise ValueError("PSD needs additional_config.minedraft.draft (a checkpoint) "
                              "or draft_address (a running drafter)")
+        if settings.draft_address is None:
+            from minedraft.config import parse_cores
+            from minedraft.models import check_checkpoint
+            check_checkpoint(Path(settings.draft))
+            target_bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+            if target_bind not in ("auto", "nobind", "all"):
+                target = {c for part in target_bind.split("|") for c in parse_cores(part)}
+                shared = target & set(parse_cores(settings.draft_cores))
+                if shared:
+                    raise ValueError(f"drafter cores {settings.draft_cores} overlap the target's "
+                                     f"({target_bind}): give the drafter cores of its own")
         return settings
 
 
@@ -140,8 +152,12 @@ class PSDScheduler(Scheduler):
         tokenizer = self._target_tokenizer()
         if tokenizer is not None and hello["vocab"] != vocab_fingerprint(tokenizer):
             client.stop()
-            raise ValueError("the drafter's vocabulary differs from the target's; "
-                             "PSD needs a drafter with the target's tokenizer")
+            msg = ("the drafter's vocabulary differs from the target's; "
+                   "PSD needs a drafter with the target's tokenizer")
+            if fatal:
+                raise ValueError(msg)
+            logger.error(msg)
+            return
         self.client = client
         self.sent_len.clear()  # a new drafter knows no request yet
         self.drafts.clear()

@@ -39,6 +39,15 @@ def tiny_drafter_dir(target_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def drafter_dir(target_dir, tiny_drafter_dir):
+    """The bundled, distilled drafter (rebuilt by `models prepare` from minedraft/assets)."""
+    from minedraft import models
+    if not models.bundled_drafter_available():
+        return tiny_drafter_dir
+    return models.prepare(models.DRAFTER)
+
+
+@pytest.fixture(scope="session")
 def sharegpt_prompts(tokenizer):
     from minedraft.bench.workloads import sharegpt_requests
     return sharegpt_requests(tokenizer, NUM_SHAREGPT_PROMPTS, seed=1, max_prompt_len=384)
@@ -54,10 +63,10 @@ def ar_engine(target_dir):
 
 
 @pytest.fixture(scope="session")
-def sd_engine(target_dir, tiny_drafter_dir):
+def sd_engine(target_dir, drafter_dir):
     from minedraft.config import EngineConfig
     from minedraft.engine import Engine
-    engine = Engine(EngineConfig(mode="sd", target=str(target_dir), draft=str(tiny_drafter_dir),
+    engine = Engine(EngineConfig(mode="sd", target=str(target_dir), draft=str(drafter_dir),
                                  num_speculative_tokens=3, **EXACT))
     yield engine
     engine.shutdown()

@@ -102,3 +102,27 @@ def test_layer_subset(target_dir, tiny_drafter_dir):
     assert (tiny_drafter_dir / "tokenizer.json").is_file()
     with pytest.raises(models.ModelError, match="layers must be"):
         models.make_layer_subset(target_dir, tiny_drafter_dir.parent / "bad", [30])
+
+
+def test_drafter_bundle_round_trip(target_dir, tmp_path, monkeypatch):
+    """export_drafter_bundle keeps only the drafter's own weights (bf16); the build puts the
+    target's embeddings back and gives a loadable checkpoint with the same weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from minedraft.distill import init_drafter
+
+    model, _ = init_drafter(target_dir, 2)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(0.01)
+    model.save_pretrained(tmp_path / "drafter")
+    bundle = models.export_drafter_bundle(tmp_path / "drafter", tmp_path / "bundle.safetensors")
+    assert not any("embed" in k or "lm_head" in k for k in load_file(bundle))
+    monkeypatch.setattr(models, "DRAFTER_BUNDLE", bundle)
+    models._build_drafter(tmp_path / "rebuilt")
+    rebuilt = load_file(tmp_path / "rebuilt" / "model.safetensors")
+    want = model.model.layers[0].mlp.up_proj.weight.to(torch.bfloat16).float()
+    assert torch.equal(rebuilt["model.layers.0.mlp.up_proj.weight"], want)
+    target = load_file(target_dir / "model.safetensors")
+    assert torch.equal(rebuilt["model.embed_tokens.weight"], target["model.embed_tokens.weight"])
+    assert json.loads((tmp_path / "rebuilt" / "config.json").read_text())["num_hidden_layers"] == 2

@@ -63,15 +63,15 @@ def _external_engine(mode, target_dir, drafter_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def psd_engine(target_dir, tiny_drafter_dir, tmp_path_factory):
-    engine = _external_engine("psd", target_dir, tiny_drafter_dir, tmp_path_factory)
+def psd_engine(target_dir, drafter_dir, tmp_path_factory):
+    engine = _external_engine("psd", target_dir, drafter_dir, tmp_path_factory)
     yield engine
     engine.shutdown()
 
 
 @pytest.fixture(scope="module")
-def sd_ext_engine(target_dir, tiny_drafter_dir, tmp_path_factory):
-    engine = _external_engine("sd-ext", target_dir, tiny_drafter_dir, tmp_path_factory)
+def sd_ext_engine(target_dir, drafter_dir, tmp_path_factory):
+    engine = _external_engine("sd-ext", target_dir, drafter_dir, tmp_path_factory)
     yield engine
     engine.shutdown()
 
@@ -184,3 +184,37 @@ def test_drafter_killed_mid_run_loses_no_request(psd_engine, varied_prompts, ar_
         assert row["token_ids"] == ref["token_ids"], f"prompt {i} lost or diverged"
     metrics = trace_metrics(read_trace(psd_engine.config.trace_path))
     assert metrics["drafter_restarts"] >= 1
+
+
+# --------------------------------------------------------------------------- bad configuration
+
+def _settings(monkeypatch, bind, **extra):
+    import types
+
+    from minedraft.scheduler import PSDSettings
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", bind)
+    return PSDSettings.from_vllm_config(types.SimpleNamespace(additional_config={"minedraft": extra}))
+
+
+def test_bad_psd_settings_are_refused(monkeypatch, tiny_drafter_dir, tmp_path):
+    from minedraft.models import ModelError
+    with pytest.raises(ValueError, match="unknown minedraft settings"):
+        _settings(monkeypatch, "0", draft=str(tiny_drafter_dir), speed="max")
+    with pytest.raises(ValueError, match="needs additional_config.minedraft.draft"):
+        _settings(monkeypatch, "0")
+    with pytest.raises(ModelError, match="model not found|config.json"):
+        _settings(monkeypatch, "0", draft=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="overlap the target"):
+        _settings(monkeypatch, "0,1", draft=str(tiny_drafter_dir), draft_cores="1")
+    ok = _settings(monkeypatch, "0", draft=str(tiny_drafter_dir), draft_cores="1")
+    assert ok.overlap and ok.draft_cores == "1"
+
+
+def test_vocabulary_fingerprint_tells_tokenizers_apart(tokenizer):
+    from transformers import AutoTokenizer
+
+    from minedraft.drafter import vocab_fingerprint
+    assert vocab_fingerprint(tokenizer) == vocab_fingerprint(tokenizer)
+    other = AutoTokenizer.from_pretrained(str(tokenizer.name_or_path))
+    other.add_tokens(["<minedraft-extra>"])
+    assert vocab_fingerprint(other) != vocab_fingerprint(tokenizer)

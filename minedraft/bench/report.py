@@ -7,6 +7,7 @@ import math
 COLUMNS = [  # (header, key, format)
     ("mode", "mode", "{}"),
     ("k", "k", "{}"),
+    ("cores", "cores", "{}"),
     ("reqs", "num_requests", "{}"),
     ("out tok/s", "output_throughput_tok_s", "{:.1f}"),
     ("req/s", "request_throughput_req_s", "{:.2f}"),
@@ -29,7 +30,10 @@ def table_rows(results: list[dict]) -> list[list[str]]:
     rows = []
     for r in results:
         r = dict(r)
-        r["k"] = r.get("config", {}).get("num_speculative_tokens") if r["mode"] != "ar" else "-"
+        config = r.get("config", {})
+        r["k"] = config.get("num_speculative_tokens") if r["mode"] != "ar" else "-"
+        r["cores"] = config.get("target_cores", "?") + (
+            f"+{config['draft_cores']}" if config.get("draft_cores") else "")
         if ar is not None:
             r["speedup_vs_ar"] = r["output_throughput_tok_s"] / ar["output_throughput_tok_s"]
         rows.append([_fmt(fmt, r.get(key)) for _, key, fmt in COLUMNS])
