@@ -10,7 +10,6 @@ from minedraft import models
 # Modes a run can use. `ar` and `sd` are plain vLLM; the PSD issue adds `sd-ext` and `psd` (drafter
 # in its own process, sequential or overlapped) by registering a builder in minedraft.engine.MODES.
 ALL_MODES = ("ar", "sd", "sd-ext", "psd")
-SPECULATIVE_MODES = ("sd", "sd-ext", "psd")
 EXTERNAL_DRAFTER_MODES = ("sd-ext", "psd")  # drafter in its own process, on its own cores
 DTYPES = ("auto", "bfloat16", "float32")
 

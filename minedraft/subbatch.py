@@ -29,10 +29,6 @@ class SubBatches:
         n1 = sum(self.side.values())
         return len(self.side) - n1, n1
 
-    @property
-    def draft_side(self) -> int:
-        return 1 - self.verify_side if self.overlap else self.verify_side
-
     def is_hidden(self, rid: str) -> bool:
         """Not verified in the current step: it belongs to the side being drafted."""
         return self.overlap and self.side.get(rid, self.verify_side) != self.verify_side
