@@ -102,20 +102,16 @@ def layer_indices(num_target_layers: int, n: int) -> list[int]:
 
 
 def init_drafter(target_dir: Path, n_layers: int):
-    """The target cut to `n_layers` layers; embeddings (tied head) frozen."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    """The target cut to `n_layers` evenly spaced layers; embeddings (tied head) frozen."""
+    kept: list[int] = []
 
-    model = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32)
-    keep = layer_indices(model.config.num_hidden_layers, n_layers)
-    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in keep)
-    for i, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = i
-    model.config.num_hidden_layers = len(keep)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    def choose(num_target_layers: int) -> list[int]:
+        kept.extend(layer_indices(num_target_layers, n_layers))
+        return kept
+
+    model = models.load_layer_subset(target_dir, choose)
     model.get_input_embeddings().weight.requires_grad_(False)
-    return model, keep
+    return model, kept
 
 
 def answer_loss(model, batch, *, return_agreement: bool = False):

@@ -243,24 +243,33 @@ def load_tokenizer(path: str | os.PathLike):
 
 def make_layer_subset(src: Path, dst: Path, layers: list[int]) -> Path:
     """A smaller model of the same family: the given decoder layers of `src`, same embeddings,
-    head and tokenizer. Used as a test drafter and as the starting point of distillation."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    head and tokenizer. Used as a test drafter."""
+    from transformers import AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
-    n = model.config.num_hidden_layers
-    if not layers or any(not 0 <= i < n for i in layers):
-        raise ModelError(f"layers must be indices in 0..{n - 1}, got {layers}")
-    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in layers)
-    for new_idx, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = new_idx
-    model.config.num_hidden_layers = len(layers)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in layers]
+    model = load_layer_subset(src, lambda n: layers)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(src)).save_pretrained(dst)
     return dst
+
+
+def load_layer_subset(src: Path, choose: Callable[[int], list[int]]):
+    """`src` in float32 with only the decoder layers `choose(num_layers)` returns."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    n = model.config.num_hidden_layers
+    keep = choose(n)
+    if not keep or any(not 0 <= i < n for i in keep):
+        raise ModelError(f"layers must be indices in 0..{n - 1}, got {keep}")
+    model.model.layers = torch.nn.ModuleList(model.model.layers[i] for i in keep)
+    for new_idx, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_idx  # KV-cache slot of the layer in its new position
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    return model
 
 
 def _sha256(path: Path) -> str:
