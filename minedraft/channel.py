@@ -28,14 +28,18 @@ def free_tcp_address(host: str = "127.0.0.1") -> str:
 
 
 def spawn_drafter(model: str, cores: str, address: str, dtype: str, max_model_len: int,
-                  enforce_eager: bool, log_path: str | None = None) -> subprocess.Popen:
-    """Start `python -m minedraft.drafter` as a child process bound to `address`."""
+                  enforce_eager: bool, log_path: str | None = None,
+                  gpu: str | None = None) -> subprocess.Popen:
+    """Start `python -m minedraft.drafter` as a child process bound to `address` (on GPU index
+    `gpu` when given)."""
     cmd = [sys.executable, "-m", "minedraft.drafter", "--model", model, "--bind", address,
            "--cores", cores, "--dtype", dtype, "--max-model-len", str(max_model_len)]
     if enforce_eager:
         cmd.append("--enforce-eager")
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_CPU_OMP")}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     logger.warning("starting drafter: %s", " ".join(cmd))
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
@@ -102,26 +106,31 @@ class DrafterClient:
         """Drop a round in flight (a REQ socket cannot otherwise send again)."""
         self._connect()
 
-    def stop(self) -> None:
+    def stop(self, polite: bool = True) -> None:
+        """Ask the drafter to stop (`polite`), then end its processes; a failed or hung drafter
+        is killed at once."""
         try:
             if self.in_flight:
                 self.reset()
-            if self._alive():
+            if polite and self._alive():
                 self.call({"op": "stop"}, timeout_s=5)
         except DrafterDown:
             pass
         finally:
             if self.process is not None:
-                kill_process_group(self.process)
+                kill_process_group(self.process, polite=polite)
             self._sock.close(linger=0)
 
 
-def kill_process_group(process: subprocess.Popen) -> None:
+def kill_process_group(process: subprocess.Popen, polite: bool = True) -> None:
     """The drafter and the vLLM processes it started (its own session, see spawn_drafter)."""
     import signal
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    steps = ((signal.SIGTERM, 10), (signal.SIGKILL, 5)) if polite else ((signal.SIGKILL, 5),)
+    for sig, wait in steps:
         try:
             os.killpg(process.pid, sig)
+            if sig == signal.SIGTERM:
+                os.killpg(process.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only when resumed
         except (ProcessLookupError, PermissionError):
             return
         try:

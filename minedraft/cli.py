@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from minedraft import models
 from minedraft.config import ALL_MODES, DTYPES, ConfigError, EngineConfig
@@ -39,11 +40,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
+def number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def non_negative_float(text: str) -> float:
+    value = number(text)
     if math.isnan(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
@@ -56,15 +61,24 @@ def request_rate(text: str) -> float:
     return value
 
 
-def mode_list(text: str) -> list[tuple[str, str | None]]:
-    """'ar,psd' or with the target's cores per mode: 'ar@0,sd@0,psd,ar@all'."""
+class ModeRun(NamedTuple):
+    mode: str
+    cores: str | None  # the target's cores for this run (None: --target-cores)
+    k: int | None  # draft tokens for this run (None: --num-speculative-tokens)
+
+
+def mode_list(text: str) -> list[ModeRun]:
+    """'ar,psd', or per run MODE[:K][@CORES]: 'ar@0,sd:2@0,psd:4@0,ar@all'."""
     out = []
     for item in (m.strip() for m in text.split(",") if m.strip()):
-        mode, _, cores = item.partition("@")
+        head, _, cores = item.partition("@")
+        mode, _, k = head.partition(":")
         if mode not in ALL_MODES:
             raise argparse.ArgumentTypeError(
                 f"unknown mode {mode!r}; choose from {', '.join(ALL_MODES)}")
-        out.append((mode, cores or None))
+        if k and (not k.isdigit() or int(k) < 1):
+            raise argparse.ArgumentTypeError(f"bad k in {item!r}: use MODE:K with K >= 1")
+        out.append(ModeRun(mode, cores or None, int(k) if k else None))
     if not out:
         raise argparse.ArgumentTypeError("no mode given")
     return out
@@ -72,8 +86,9 @@ def mode_list(text: str) -> list[tuple[str, str | None]]:
 
 def single_mode(text: str) -> str:
     modes = mode_list(text)
-    if len(modes) != 1 or modes[0][1]:
-        raise argparse.ArgumentTypeError("generate takes one mode (cores: --target-cores)")
+    if len(modes) != 1 or modes[0].cores or modes[0].k:
+        raise argparse.ArgumentTypeError(
+            "give one mode here (cores: --target-cores, k: --num-speculative-tokens)")
     return modes[0][0]
 
 
@@ -86,7 +101,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                         f"(default: {models.TARGET})")
     g.add_argument("--draft", default=None,
                    help="drafter for speculative modes: bundled name or checkpoint directory "
-                        "(default: the target itself until a trained drafter is bundled)")
+                        "(default: the bundled drafter for the bundled target, else the target itself)")
     g.add_argument("--num-speculative-tokens", "-k", type=positive_int, default=3,
                    help="draft tokens per step, k >= 1 (default: 3)")
     g.add_argument("--dtype", choices=DTYPES, default="bfloat16",
@@ -98,6 +113,13 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-cores", default=None,
                    help="CPU cores of the drafter process in sd-ext/psd, disjoint from the "
                         "target's (default: the cores the target does not use)")
+    g.add_argument("--draft-gpu", default=None,
+                   help="sd-ext/psd on a GPU server: GPU index for the drafter process (sets its "
+                        "CUDA_VISIBLE_DEVICES; the target keeps its own GPUs)")
+    g.add_argument("--drafter-timeout", type=float, default=30.0,
+                   help="sd-ext/psd: seconds a draft round may take before the drafter counts "
+                        "as hung and is restarted, serving continuing without drafts "
+                        "(default: 30)")
     g.add_argument("--trace", default=None,
                    help="sd-ext/psd: write a per-step JSONL trace (draft, verify and step times, "
                         "sub-batch sizes) to this file")
@@ -154,10 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serves the workload with each mode in turn (same prompts, "
                                    "same arrivals) and prints a table; --json writes all numbers "
                                    "with the hardware, versions and command.")
-    b.add_argument("--mode", type=mode_list, default=[("ar", None)],
-                   help=f"mode or comma-separated modes from {', '.join(ALL_MODES)}; MODE@CORES "
-                        "gives that run its own target cores, e.g. ar@0,sd@0,psd,ar@all "
-                        "(default: ar)")
+    b.add_argument("--mode", type=mode_list, default=[ModeRun("ar", None, None)],
+                   help=f"mode or comma-separated modes from {', '.join(ALL_MODES)}; "
+                        "MODE[:K][@CORES] gives that run its own k and target cores, "
+                        "e.g. ar@0,sd:2@0,psd:4@0,ar@all (default: ar)")
     b.add_argument("--dataset", default="sharegpt",
                    help="sharegpt, random, or the path of a JSONL prompts file (default: sharegpt)")
     b.add_argument("--num-prompts", type=positive_int, default=16,
@@ -178,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", dest="json_out", default=None, help="write results to this file")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_engine_options(b)
+    from minedraft.bench.online import add_online_options
+    add_online_options(b)
+    from minedraft.serve import add_serve_parser
+    add_serve_parser(sub, add_engine_options)
 
     d = sub.add_parser("distill", help="train a drafter that imitates a target",
                        description="Generates the target's greedy answers to ShareGPT prompts "
@@ -227,20 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--enforce-eager", action="store_true", help="skip torch.compile")
     e.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     e.add_argument("--json", dest="json_out", default=None, help="write the results here")
+    from minedraft import cli_analysis  # advise, profile, simulate, report
+    cli_analysis.add_parsers(sub)
     return parser
 
 
 # --------------------------------------------------------------------------- commands
 
-def engine_config(args, mode: str, target_cores: str | None = None) -> EngineConfig:
+def engine_config(args, mode: str, target_cores: str | None = None,
+                  k: int | None = None) -> EngineConfig:
     external = mode in ("sd-ext", "psd")
     return EngineConfig(
         mode=mode, target=args.target, draft=args.draft,
-        num_speculative_tokens=args.num_speculative_tokens, dtype=args.dtype,
+        num_speculative_tokens=k or args.num_speculative_tokens, dtype=args.dtype,
         target_cores=target_cores or args.target_cores,
         draft_cores=args.draft_cores if external else None,
         trace_path=args.trace if external else None,
         drafter_log=args.drafter_log, max_model_len=args.max_model_len,
+        draft_gpu=args.draft_gpu if external else None, drafter_timeout_s=args.drafter_timeout,
         max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
         enforce_eager=args.enforce_eager, seed=args.seed).validate()
 
@@ -280,7 +310,10 @@ def cmd_bench(args) -> None:
     from minedraft.bench.report import print_table
     from minedraft.engine import Engine
 
-    configs = [engine_config(args, mode, cores) for mode, cores in args.mode]  # check all first
+    if args.base_url:  # a running server instead of an engine per mode
+        from minedraft.bench.online import cmd_bench_online
+        return cmd_bench_online(args)
+    configs = [engine_config(args, run.mode, run.cores, run.k) for run in args.mode]  # check first
     tokenizer = models.load_tokenizer(models.resolve(args.target))
     requests = load_workload(args.dataset, tokenizer, args.num_prompts, seed=args.seed,
                              input_len=args.input_len,
@@ -357,8 +390,10 @@ def main(argv: list[str] | None = None) -> None:
     from minedraft.bench.workloads import WorkloadError
     commands = {"models": cmd_models, "generate": cmd_generate, "bench": cmd_bench,
                 "distill": cmd_distill, "evaluate-drafter": cmd_evaluate_drafter}
+    from minedraft.cli_analysis import COMMANDS as analysis_commands
+    commands.update(analysis_commands)
     try:
-        commands[args.command](args)
+        commands.get(args.command, getattr(args, "func", None))(args)
     except (UserError, ConfigError, models.ModelError, WorkloadError) as exc:
         sys.exit(f"minedraft {args.command}: error: {exc}")
     except KeyboardInterrupt:

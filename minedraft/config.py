@@ -29,6 +29,8 @@ class EngineConfig:
     draft_cores: str | None = None  # drafter's own cores (sd-ext / psd; default: the others)
     trace_path: str | None = None  # sd-ext / psd: per-step JSONL trace
     drafter_log: str | None = None  # sd-ext / psd: where the drafter process logs
+    draft_gpu: str | None = None  # sd-ext / psd on a GPU server: the drafter's GPU index
+    drafter_timeout_s: float = 30.0  # sd-ext / psd: a round slower than this = drafter hung
     max_model_len: int = 2048
     max_num_seqs: int = 256
     kv_cache_gib: int = 2
@@ -48,6 +50,10 @@ class EngineConfig:
             raise ConfigError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
         if self.kv_cache_gib < 1:
             raise ConfigError(f"--kv-cache-gib must be >= 1, got {self.kv_cache_gib}")
+        if self.drafter_timeout_s <= 0:
+            raise ConfigError(f"--drafter-timeout must be > 0 s, got {self.drafter_timeout_s}")
+        if self.draft_gpu is not None and self.mode not in EXTERNAL_DRAFTER_MODES:
+            raise ConfigError("--draft-gpu applies to sd-ext and psd only")
         target_cores = set(parse_cores(self.target_cores))
         if self.mode in EXTERNAL_DRAFTER_MODES and self.draft_cores is None:
             rest = sorted(set(parse_cores("all")) - target_cores)

@@ -107,7 +107,8 @@ def _external_drafter_args(config: EngineConfig, overlap: bool) -> dict:
     settings = {"draft": str(draft), "draft_cores": omp_bind(config.draft_cores),
                 "draft_dtype": config.dtype, "draft_enforce_eager": config.enforce_eager,
                 "overlap": overlap, "trace_path": config.trace_path,
-                "drafter_log": config.drafter_log}
+                "drafter_log": config.drafter_log, "draft_gpu": config.draft_gpu,
+                "drafter_timeout_s": config.drafter_timeout_s}
     return {
         "scheduler_cls": "minedraft.scheduler.PSDScheduler",
         "speculative_config": {"method": "custom_class",
@@ -146,6 +147,20 @@ def engine_args(config: EngineConfig) -> dict:
     return args
 
 
+def ensure_trace(config: EngineConfig) -> None:
+    """sd-ext / psd always write the per-step trace (the PSD metrics come from it)."""
+    if config.mode in EXTERNAL_DRAFTER_MODES and config.trace_path is None:
+        fd, config.trace_path = tempfile.mkstemp(prefix="minedraft-trace-", suffix=".jsonl")
+        os.close(fd)
+
+
+def engine_env(config: EngineConfig) -> dict[str, str]:
+    """Environment read by vLLM's CPU worker when it starts: which cores its OpenMP threads use,
+    and how much memory the KV cache gets (shared by Engine and `minedraft serve`)."""
+    return {"VLLM_CPU_OMP_THREADS_BIND": omp_bind(config.target_cores),
+            "VLLM_CPU_KVCACHE_SPACE": str(config.kv_cache_gib)}
+
+
 class Engine:
     """A vLLM V1 LLMEngine for one EngineConfig, with its speculative counters."""
 
@@ -153,15 +168,10 @@ class Engine:
         from vllm.engine.arg_utils import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        if config.mode in EXTERNAL_DRAFTER_MODES and config.trace_path is None:
-            fd, config.trace_path = tempfile.mkstemp(prefix="minedraft-trace-", suffix=".jsonl")
-            os.close(fd)
+        ensure_trace(config)
         self.config = config
         args = {**engine_args(config), **(extra_args or {})}
-        # Read by vLLM's CPU worker when it starts: which cores its OpenMP threads use, and
-        # how much memory the KV cache gets.
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = omp_bind(config.target_cores)
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(config.kv_cache_gib)
+        os.environ.update(engine_env(config))
         self.spec = SpecCounters()
         t0 = time.perf_counter()
         self.llm_engine = LLMEngine.from_engine_args(

@@ -44,6 +44,7 @@ class PSDSettings:
     draft_cores: str = "all"
     draft_dtype: str = "bfloat16"
     draft_enforce_eager: bool = False
+    draft_gpu: str | None = None  # GPU index of the drafter (its CUDA_VISIBLE_DEVICES)
     overlap: bool = True  # psd; False = sd-ext
     drafter_timeout_s: float = 30.0
     drafter_start_timeout_s: float = 600.0
@@ -121,7 +122,8 @@ class PSDScheduler(Scheduler):
         if address is None:
             address = free_tcp_address()
             process = spawn_drafter(s.draft, s.draft_cores, address, s.draft_dtype,
-                                    self.max_model_len, s.draft_enforce_eager, s.drafter_log)
+                                    self.max_model_len, s.draft_enforce_eager, s.drafter_log,
+                                    gpu=s.draft_gpu)
         client = DrafterClient(address, process, timeout_s=s.drafter_timeout_s)
         client.send({"op": "hello"})
         self._starting, self._starting_since = client, time.monotonic()
@@ -175,7 +177,7 @@ class PSDScheduler(Scheduler):
     def _drafter_failed(self, exc: Exception) -> None:
         logger.error("PSD drafter failed (%s); serving without speculation", exc)
         if self.client is not None:
-            self.client.stop()
+            self.client.stop(polite=False)  # it may be hung: do not wait for it
         self.client = None
         self.drafts.clear()
         self.out_basis.clear()
@@ -283,6 +285,7 @@ class PSDScheduler(Scheduler):
             self.client.send({"op": "draft", "k": self.k, "reqs": reqs, "free": free})
             self.out_basis = basis
             self._round_record = self._step
+            self._step["send_s"] = time.perf_counter()
         except DrafterDown as exc:
             self._drafter_failed(exc)
 
@@ -320,7 +323,8 @@ class PSDScheduler(Scheduler):
         verify_ms = 1000 * (time.perf_counter() - self._verify_start)
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         spec = scheduler_output.scheduled_spec_decode_tokens
-        self._step.update(verify_ms=verify_ms, drafted_tokens=sum(len(v) for v in spec.values()))
+        self._step.update(verify_ms=verify_ms, drafted_tokens=sum(len(v) for v in spec.values()),
+                          verify_start_s=self._verify_start)
         if self.batches.overlap:
             self.batches.flip()
         self.step_index += 1
@@ -330,7 +334,8 @@ class PSDScheduler(Scheduler):
         """Write the previous step's trace line, now that its drafting time is known."""
         prev, self._step = self._step, {}
         if prev and self._trace is not None:
-            prev["step_ms"] = 1000 * (now - prev.pop("t"))
+            prev["start_s"] = prev.pop("t")  # perf_counter of the engine-core process
+            prev["step_ms"] = 1000 * (now - prev["start_s"])
             self._trace.write(json.dumps(prev) + "\n")
 
     def shutdown(self) -> None:

@@ -44,6 +44,15 @@ def _all_parsers(parser):
                 yield from _all_parsers(sub)
 
 
+def test_mode_list_takes_k_and_cores_per_run():
+    runs = cli.mode_list("ar@0,sd:2@0,psd:4,sd-ext")
+    assert [(r.mode, r.cores, r.k) for r in runs] == [
+        ("ar", "0", None), ("sd", "0", 2), ("psd", None, 4), ("sd-ext", None, None)]
+    for bad in ("psd:0", "psd:x@0", "nope:3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.mode_list(bad)
+
+
 def test_every_option_is_explained():
     for parser in _all_parsers(cli.build_parser()):
         for action in parser._actions:

@@ -57,7 +57,7 @@ def _external_engine(mode, target_dir, drafter_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp(mode) / "drafter.log"
     config = EngineConfig(mode=mode, target=str(target_dir), draft=str(drafter_dir),
                           num_speculative_tokens=3, target_cores="0", draft_cores="1",
-                          drafter_log=str(log), **EXACT)
+                          drafter_log=str(log), drafter_timeout_s=5.0, **EXACT)
     # A KV cache of 64 blocks of 32 tokens forces preemption with 50 requests.
     return Engine(config, extra_args={"block_size": 32, "num_gpu_blocks_override": 64})
 
@@ -161,17 +161,11 @@ def test_psd_sampling_matches_the_target_distribution(psd_engine, target_dir, to
 
 
 def test_drafter_killed_mid_run_loses_no_request(psd_engine, varied_prompts, ar_reference):
-    import psutil
-
-    def drafter_processes():
-        return [p for p in psutil.Process().children(recursive=True)
-                if "minedraft.drafter" in " ".join(p.cmdline())]
-
     killed = []
 
     def kill_once(_t):
         if not killed and len(killed_steps) == 10:
-            for proc in drafter_processes():
+            for proc in _drafter_processes():
                 proc.kill()
                 killed.append(proc.pid)
         killed_steps.append(1)
@@ -184,6 +178,64 @@ def test_drafter_killed_mid_run_loses_no_request(psd_engine, varied_prompts, ar_
         assert row["token_ids"] == ref["token_ids"], f"prompt {i} lost or diverged"
     metrics = trace_metrics(read_trace(psd_engine.config.trace_path))
     assert metrics["drafter_restarts"] >= 1
+
+
+def _drafter_processes():
+    import psutil
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "minedraft.drafter" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # ended while we looked
+            pass
+    return found
+
+
+def _gone(process) -> bool:
+    import psutil
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_for_drafter(engine, prompts, limit_s=180):
+    """Serve small batches until the trace says the (restarted) drafter is up again."""
+    import time
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        generate(engine, prompts[:2], max_tokens=4, progress=False)
+        records = read_trace(engine.config.trace_path)
+        if records and records[-1].get("drafter_up"):
+            return
+        time.sleep(1)
+    raise AssertionError("the drafter did not come back")
+
+
+def test_drafter_hung_mid_run_loses_no_request(psd_engine, varied_prompts, ar_reference):
+    """SIGSTOP (a hang, not a crash): after drafter_timeout_s the scheduler kills it, serves on
+    without drafts and restarts it; every output still equals ar."""
+    import signal
+    _wait_for_drafter(psd_engine, varied_prompts)
+    restarts_before = trace_metrics(read_trace(psd_engine.config.trace_path))["drafter_restarts"]
+    stopped, steps = [], []
+
+    def hang_once(_t):
+        steps.append(1)
+        if not stopped and len(steps) == 10:
+            for proc in _drafter_processes():
+                proc.send_signal(signal.SIGSTOP)
+                stopped.append(proc)
+
+    prompts = varied_prompts[20:36]
+    rows = generate(psd_engine, prompts, max_tokens=MAX_TOKENS, progress=False, on_step=hang_once)
+    assert stopped, "no drafter process was found to stop"
+    for i, (row, ref) in enumerate(zip(rows, ar_reference[20:36])):
+        assert row["token_ids"] == ref["token_ids"], f"prompt {20 + i} lost or diverged"
+    metrics = trace_metrics(read_trace(psd_engine.config.trace_path))
+    assert metrics["drafter_restarts"] > restarts_before
+    assert all(_gone(p) for p in stopped), "the hung drafter was left behind"
 
 
 # --------------------------------------------------------------------------- bad configuration

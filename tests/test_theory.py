@@ -100,3 +100,64 @@ def test_advise():
 def test_invalid_inputs_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+# --------------------------------------------------------------------------- the advise command
+
+def run_advise(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "minedraft", "advise", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_advise_cli_prints_worked_values(tmp_path):
+    # alpha = 0.8, k = 4, c = 0.25 (worked by hand above): E = 3.3616, SD 3.3616 / 2 = 1.6808,
+    # PSD over SD (kc + 1) / max(kc, 1) = 2, PSD over ar 3.3616; best psd k = 4 -> 3.36x.
+    out = tmp_path / "advice.json"
+    proc = run_advise("--alpha", "0.8", "--k", "4", "--c", "0.25", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "3.362" in text and "1.681x" in text and "2.000x" in text
+    assert "1.678" in text and "1.596" in text
+    assert "recommended" in text and "psd with k=4" in text
+    import json
+    doc = json.loads(out.read_text())
+    assert doc["expected_tokens_per_step"] == pytest.approx(3.3616)
+    assert doc["sd_speedup"] == pytest.approx(1.6808)
+    assert doc["psd_speedup_over_sd"] == pytest.approx(2.0)
+    assert doc["theorem1_threshold"] == pytest.approx(1.678, abs=1e-3)
+    assert doc["recommended"]["mode"] == "psd" and doc["recommended"]["k"] == 4
+    assert doc["recommended"]["predicted_speedup_over_ar"] == pytest.approx(3.3616)
+
+
+def test_advise_cli_recommends_ar_when_nothing_pays():
+    # alpha = 0.3, c = 1: E(k=1) = 1.3 against a step of 2 (sd) or 1 (psd, ideal) -> psd 1.3x at
+    # k=1: psd still wins over ar; with c = 2 and alpha = 0.1 nothing beats ar.
+    proc = run_advise("--alpha", "0.1", "--k", "1", "--c", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "recommended                      ar" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--alpha", "1", "--k", "3", "--c", "0.1"], "must be in [0, 1)"),
+    (["--alpha", "-0.1", "--k", "3", "--c", "0.1"], "must be in [0, 1)"),
+    (["--alpha", "x", "--k", "3", "--c", "0.1"], "expected a number"),
+    (["--alpha", "0.5", "--k", "0", "--c", "0.1"], "must be >= 1"),
+    (["--alpha", "0.5", "--k", "3", "--c", "-1"], "must be a finite number >= 0"),
+    (["--alpha", "0.5", "--k", "3", "--c", "inf"], "must be a finite number >= 0"),
+    (["--alpha", "0.5"], "--k, --c required"),
+    (["--profile", "/no/such/profile.json"], "profile file not found"),
+])
+def test_advise_cli_bad_input_one_line(args, message):
+    proc = run_advise(*args)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_advise_cli_with_scenario_profile():
+    proc = run_advise("--profile", "qwen3-32b-tp4_qwen3-1.7b", "--batch", "32", "--k", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "assumption: ASSUMPTION" in proc.stdout and "batch 32" in proc.stdout
