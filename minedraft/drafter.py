@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kv-cache-gib", type=int, default=1, help="KV cache memory, GiB")
     p.add_argument("--enforce-eager", action="store_true", help="skip torch.compile")
     args = p.parse_args(argv)
-    # The engine core in this process: a round is k engine steps, and a separate engine-core
-    # process would add an IPC round trip to each (measured: ~95 -> ~60 ms per round of 4
-    # requests, k=3, on one core).
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vLLM's engine core stays in a process of its own (VLLM_ENABLE_V1_MULTIPROCESSING=1).
+    # In-process it saved an IPC round trip per engine step (~95 -> ~60 ms per round of 4
+    # requests in isolation), but beside a running target some rounds took ~1 s, all in
+    # the model's kernels (the drafter's OpenMP threads fighting over its core, it seems).
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from minedraft import models
     server = DraftServer(str(models.resolve(args.model)), args.cores, args.dtype,
