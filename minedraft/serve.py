@@ -107,6 +107,11 @@ def add_serve_parser(sub, add_engine_options) -> None:
                    help="print the `vllm serve` command line and exit")
     add_engine_options(s)
     s.set_defaults(target_cores=None, func=cmd_serve)  # None: leave the drafter a core
+    for action in s._actions:  # the shared help says "default: all"; serve's default differs
+        if action.dest == "target_cores":
+            action.help = ("CPU cores of the target engine, e.g. 0 or 0-1 (sets "
+                           "VLLM_CPU_OMP_THREADS_BIND; default: all, or all but the last "
+                           "core for sd-ext/psd, which leaves the drafter a core)")
 
 
 def cmd_serve(args) -> None:
