@@ -305,19 +305,14 @@ def cmd_generate(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from minedraft.api import benchmark, load_workload
-    from minedraft.bench.provenance import provenance
-    from minedraft.bench.report import print_table
+    from minedraft.api import benchmark
     from minedraft.engine import Engine
 
     if args.base_url:  # a running server instead of an engine per mode
         from minedraft.bench.online import cmd_bench_online
         return cmd_bench_online(args)
     configs = [engine_config(args, run.mode, run.cores, run.k) for run in args.mode]  # check first
-    tokenizer = models.load_tokenizer(models.resolve(args.target))
-    requests = load_workload(args.dataset, tokenizer, args.num_prompts, seed=args.seed,
-                             input_len=args.input_len,
-                             max_prompt_len=args.max_model_len - args.output_len)
+    requests = bench_requests(args)
     results = []
     for config in configs:
         print(f"== {config.mode}: starting engine", file=sys.stderr)
@@ -328,9 +323,26 @@ def cmd_bench(args) -> None:
                             progress=not args.no_progress)
         res["config"] = config.to_dict()
         results.append(res)
+    report_bench(args, results)
+
+
+def bench_requests(args) -> list:
+    """The bench workload (offline and online): same prompts for every mode or server."""
+    from minedraft.api import load_workload
+    tokenizer = models.load_tokenizer(models.resolve(args.target))
+    return load_workload(args.dataset, tokenizer, args.num_prompts, seed=args.seed,
+                         input_len=args.input_len,
+                         max_prompt_len=args.max_model_len - args.output_len)
+
+
+def report_bench(args, results: list[dict], **workload_extra) -> None:
+    """Print the bench table and write --json (one run: its object; several: {"runs": [...]})."""
+    from minedraft.bench.provenance import provenance
+    from minedraft.bench.report import print_table
     workload = {"dataset": args.dataset, "num_prompts": args.num_prompts,
                 "output_len": args.output_len, "request_rate": str(args.request_rate),
-                "max_concurrency": args.max_concurrency, "temperature": args.temperature}
+                "max_concurrency": args.max_concurrency, "temperature": args.temperature,
+                **workload_extra}
     print_table(results, workload)
     if args.json_out:
         doc = {**results[0], **provenance(), "workload": workload} if len(results) == 1 else \

@@ -282,23 +282,14 @@ def add_online_options(b) -> None:
 
 
 def cmd_bench_online(args) -> None:
-    from pathlib import Path
-
-    from minedraft import models
-    from minedraft.api import load_workload
-    from minedraft.bench.provenance import provenance
-    from minedraft.bench.report import print_table
-    from minedraft.cli import UserError
+    from minedraft.cli import UserError, bench_requests, report_bench
 
     if args.kill_drafter_after is not None and args.server_pid is None:
         raise UserError("--kill-drafter-after needs --server-pid")
     urls = [u.strip() for u in args.base_url.split(",") if u.strip()]
     if not urls or any(not u.startswith(("http://", "https://")) for u in urls):
         raise UserError(f"--base-url must be http(s)://HOST:PORT, got {args.base_url!r}")
-    tokenizer = models.load_tokenizer(models.resolve(args.target))
-    requests = load_workload(args.dataset, tokenizer, args.num_prompts, seed=args.seed,
-                             input_len=args.input_len,
-                             max_prompt_len=args.max_model_len - args.output_len)
+    requests = bench_requests(args)
     results = []
     for url in urls:
         opt = OnlineOptions(base_url=url, output_len=args.output_len,
@@ -316,21 +307,12 @@ def cmd_bench_online(args) -> None:
         except OnlineError as exc:
             raise UserError(str(exc)) from None
         results.append(_median(runs))
-    workload = {"dataset": args.dataset, "num_prompts": args.num_prompts,
-                "output_len": args.output_len, "request_rate": str(args.request_rate),
-                "max_concurrency": args.max_concurrency, "temperature": args.temperature,
-                "online": True}
-    print_table(results, workload)
+    report_bench(args, results, online=True)
     for r in results:
         print(f"{r['base_url']} ({r['mode']}): {int(r['num_requests'])} ok, "
               f"{r['num_errors']} errors, {r['num_lost']} lost, "
               f"goodput {r['request_goodput_req_s']:.2f} req/s"
               + (f", drafter {r['drafter_killed_pid']} killed" if r["drafter_killed_pid"]
                  else "") + "".join(f"\n  {e}" for e in r["errors"]))
-    if args.json_out:
-        doc = {**results[0], **provenance(), "workload": workload} if len(results) == 1 else \
-              {"runs": results, **provenance(), "workload": workload}
-        Path(args.json_out).write_text(json.dumps(doc, indent=1, default=str))
-        print(f"wrote {args.json_out}")
     if args.fail_on_error and any(r["num_errors"] or r["num_lost"] for r in results):
         raise SystemExit("minedraft bench: error: some requests failed or were lost")
