@@ -37,29 +37,53 @@ def load_workload(dataset: str, tokenizer, num_prompts: int, *, seed: int = 0,
     return (reqs * math.ceil(num_prompts / len(reqs)))[:num_prompts]
 
 
-def _sampling(max_tokens: int, temperature: float, seed: int | None, ignore_eos: bool = False):
+def _sampling(max_tokens: int, temperature: float, seed: int | None, ignore_eos: bool = False,
+              logprobs: int | None = None):
     from vllm import SamplingParams
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
-                          ignore_eos=ignore_eos)
+                          ignore_eos=ignore_eos, logprobs=logprobs, flat_logprobs=True)
+
+
+def top_logprobs(chunks, n: int):
+    """vLLM's per-step FlatLogprobs -> (token ids, logprobs) arrays of shape [tokens, n].
+
+    vLLM stores the sampled token first, then the top n by rank: keep the last n of each position.
+    """
+    import numpy as np
+
+    ids, lps = [], []
+    for chunk in chunks:
+        for start, end in zip(chunk.start_indices, chunk.end_indices):
+            ids.append(chunk.token_ids[end - n:end])
+            lps.append(chunk.logprobs[end - n:end])
+    return np.asarray(ids, dtype=np.int32).reshape(-1, n), \
+        np.asarray(lps, dtype=np.float32).reshape(-1, n)
 
 
 def generate(engine: Engine, requests: list[Request], *, max_tokens: int = 128,
              temperature: float = 0.0, seed: int = 0, progress: bool = True,
              request_rate: float = math.inf, abort_after: dict[int, int] | None = None,
-             on_step=None) -> list[dict]:
+             on_step=None, logprobs: int | None = None) -> list[dict]:
     """Run every request to completion; one dict per request, in input order.
 
-    With temperature > 0, request i samples with seed `seed + i` (reproducible)."""
+    With temperature > 0, request i samples with seed `seed + i` (reproducible). With `logprobs`
+    n, each dict also holds the target's top-n "top_ids" and "top_logprobs" per output token."""
     seeds = {id(r): seed + i for i, r in enumerate(requests)}
     results, _ = run_requests(
         engine, requests,
         lambda r: _sampling(r.output_len or max_tokens, temperature,
-                            seeds[id(r)] if temperature > 0 else None),
+                            seeds[id(r)] if temperature > 0 else None, logprobs=logprobs),
         progress=progress, request_rate=request_rate, seed=seed, abort_after=abort_after,
         on_step=on_step)
-    return [{"prompt": req.prompt, "text": res.text, "token_ids": res.token_ids,
-             "prompt_token_ids": req.prompt_token_ids, "finish_reason": res.finish_reason}
-            for req, res in zip(requests, results)]
+    rows = []
+    for req, res in zip(requests, results):
+        row = {"prompt": req.prompt, "text": res.text, "token_ids": res.token_ids,
+               "prompt_token_ids": req.prompt_token_ids, "finish_reason": res.finish_reason}
+        if logprobs:
+            row["top_ids"], row["top_logprobs"] = top_logprobs(res.logprobs, logprobs)
+            res.logprobs.clear()
+        rows.append(row)
+    return rows
 
 
 def benchmark(engine: Engine, requests: list[Request], *, output_len: int = 128,

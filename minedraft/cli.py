@@ -227,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per generated answer (default: 128)")
     d.add_argument("--batch-tokens", type=positive_int, default=1024,
                    help="padded tokens per optimizer step (default: 1024)")
+    d.add_argument("--soft-top-k", type=int, default=20,
+                   help="learn the target's distribution over its top k tokens at each answer "
+                        "token, 0 to learn its greedy token only (default: 20, vLLM's maximum)")
+    d.add_argument("--corpus-dir", default=None,
+                   help="where the generated corpus is cached, to share it between runs "
+                        "(default: --out)")
+    d.add_argument("--eval-every", type=non_negative_float, default=5.0,
+                   help="minutes between held-out evaluations and checkpoints (default: 5)")
     d.add_argument("--lr", type=non_negative_float, default=1e-3,
                    help="peak learning rate, cosine decay (default: 0.001)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -240,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", default=models.TARGET,
                    help=f"target: bundled name or checkpoint directory (default: {models.TARGET})")
     e.add_argument("--draft", default=models.DRAFTER,
-                   help=f"drafter: bundled name or checkpoint directory (default: {models.DRAFTER})")
+                   help="drafter: bundled name or checkpoint directory; several, comma-separated, "
+                        "to compare them in one table against one shared ar run "
+                        f"(default: {models.DRAFTER})")
     e.add_argument("--max-k", type=positive_int, default=5, help="largest k measured (default: 5)")
     e.add_argument("--num-prompts", type=positive_int, default=32,
                    help="held-out prompts (default: 32)")
@@ -357,7 +367,9 @@ def cmd_distill(args) -> None:
     cfg = DistillConfig(target=args.target, out=args.out, layers=args.layers, tokens=args.tokens,
                         time_budget_min=args.time_budget, train_prompts=args.train_prompts,
                         heldout_prompts=args.heldout_prompts, answer_len=args.answer_len,
-                        batch_tokens=args.batch_tokens, lr=args.lr, seed=args.seed)
+                        batch_tokens=args.batch_tokens, lr=args.lr, seed=args.seed,
+                        soft_top_k=args.soft_top_k, corpus_dir=args.corpus_dir,
+                        eval_every_min=args.eval_every)
     try:
         cfg.validate()
     except ValueError as exc:
@@ -375,20 +387,30 @@ def cmd_distill(args) -> None:
 
 def cmd_evaluate_drafter(args) -> None:
     from minedraft.bench.provenance import provenance
-    from minedraft.evaluate import EvalConfig, evaluate_drafter, format_evaluation
+    from minedraft.evaluate import (EvalConfig, compare_drafters, format_comparison,
+                                    format_evaluation)
 
-    cfg = EvalConfig(target=args.target, draft=args.draft, max_k=args.max_k,
+    drafts = [d.strip() for d in args.draft.split(",") if d.strip()]
+    if not drafts:
+        raise UserError("--draft needs at least one drafter")
+    cfg = EvalConfig(target=args.target, draft=drafts[0], max_k=args.max_k,
                      num_prompts=args.num_prompts, output_len=args.output_len,
                      max_concurrency=args.max_concurrency, dtype=args.dtype,
                      target_cores=args.target_cores, enforce_eager=args.enforce_eager,
                      seed=args.seed)
     try:
-        result = evaluate_drafter(cfg)
+        results = compare_drafters(cfg, drafts)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    print(format_evaluation(result))
+    if len(results) == 1:
+        print(format_evaluation(results[0]))
+        doc = results[0]
+    else:
+        print("\n\n".join(format_evaluation(r) for r in results))
+        print("\n" + format_comparison(results))
+        doc = {"drafters": results}
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({**result, **provenance()}, indent=1))
+        Path(args.json_out).write_text(json.dumps({**doc, **provenance()}, indent=1))
         print(f"wrote {args.json_out}")
 
 

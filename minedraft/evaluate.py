@@ -10,8 +10,10 @@ On held-out ShareGPT prompts (the split drafters never train on):
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from minedraft import models, theory
 from minedraft.api import benchmark
@@ -36,13 +38,23 @@ class EvalConfig:
     seed: int = 0
 
 
+THEORY_MAX_K = 5  # expected speed-ups are computed for k = 1..max(this, --max-k)
+
+
 def evaluate_drafter(cfg: EvalConfig, progress: bool = True) -> dict:
+    """Evaluate `cfg.draft` (see the module docstring)."""
+    return compare_drafters(cfg, [cfg.draft], progress)[0]
+
+
+def compare_drafters(cfg: EvalConfig, drafts: list[str], progress: bool = True) -> list[dict]:
+    """Evaluate each drafter in `drafts` against one shared `ar` run of the target."""
     if cfg.max_k < 1:
         raise ValueError("--max-k must be >= 1")
     target_dir = models.resolve(cfg.target)
-    draft_dir = models.resolve(cfg.draft)
+    draft_dirs = [models.resolve(d) for d in drafts]
     tokenizer = models.load_tokenizer(target_dir)
-    _check_vocab(tokenizer, models.load_tokenizer(draft_dir))
+    for draft_dir in draft_dirs:
+        _check_vocab(tokenizer, models.load_tokenizer(draft_dir))
     requests = sharegpt_requests(tokenizer, cfg.num_prompts, seed=cfg.seed, split="heldout",
                                  max_prompt_len=1024 - cfg.output_len)
     base = dict(dtype=cfg.dtype, target_cores=cfg.target_cores, max_model_len=1024,
@@ -55,25 +67,34 @@ def evaluate_drafter(cfg: EvalConfig, progress: bool = True) -> dict:
             return benchmark(engine, requests, **run, **extra)
 
     ar = bench(EngineConfig(mode="ar", target=str(target_dir), **base))
-    drafter_alone = bench(EngineConfig(mode="ar", target=str(draft_dir), **base))
+    results = []
+    for draft_dir in draft_dirs:
+        drafter_alone = bench(EngineConfig(mode="ar", target=str(draft_dir), **base))
+        per_k, t1 = {}, None
+        for k in range(1, cfg.max_k + 1):
+            config = EngineConfig(mode="sd", target=str(target_dir), draft=str(draft_dir),
+                                  num_speculative_tokens=k, **base)
+            with Engine(config) as engine:
+                per_k[k] = benchmark(engine, requests, **run)
+                if k == 1:
+                    t1 = benchmark(engine, requests, **run, temperature=1.0, warmup=False)
+        results.append(_summarise(cfg, target_dir, draft_dir, ar, drafter_alone, per_k, t1))
+    return results
+
+
+def _summarise(cfg, target_dir, draft_dir, ar, drafter_alone, per_k, t1) -> dict:
     # Same requests, same token counts, same batch: the time ratio is the step-time ratio.
     cost_ratio = drafter_alone["duration_s"] / ar["duration_s"]
-    per_k, t1 = {}, None
-    for k in range(1, cfg.max_k + 1):
-        config = EngineConfig(mode="sd", target=str(target_dir), draft=str(draft_dir),
-                              num_speculative_tokens=k, **base)
-        with Engine(config) as engine:
-            res = benchmark(engine, requests, **run)
-            if k == 1:
-                t1 = benchmark(engine, requests, **run, temperature=1.0, warmup=False)
-        per_k[k] = res
     alpha = per_k[1]["acceptance_rate"]
-    expected = {k: theory.sd_speedup(alpha, k, cost_ratio) for k in per_k}
+    ks = range(1, max(cfg.max_k, THEORY_MAX_K) + 1)
+    expected = {k: theory.sd_speedup(alpha, k, cost_ratio) for k in ks}
+    expected_psd = {k: theory.psd_speedup(alpha, k, cost_ratio) for k in ks}
     measured = {k: r["output_throughput_tok_s"] / ar["output_throughput_tok_s"]
                 for k, r in per_k.items()}
-    best_k = max(expected, key=expected.get)
+    best_k = theory.best_k(alpha, cost_ratio, "sd", k_max=ks[-1])
+    best_psd_k = theory.best_k(alpha, cost_ratio, "psd", k_max=ks[-1])
     return {
-        "target": str(target_dir), "draft": str(draft_dir),
+        "target": str(target_dir), "draft": str(draft_dir), **_training_report(draft_dir),
         "num_prompts": cfg.num_prompts, "output_len": cfg.output_len,
         "max_concurrency": cfg.max_concurrency, "dtype": cfg.dtype,
         "acceptance_rate_greedy": alpha,
@@ -89,8 +110,20 @@ def evaluate_drafter(cfg: EvalConfig, progress: bool = True) -> dict:
         "measured_sd_speedup_per_k": measured,
         "best_k": best_k,
         "expected_sd_speedup": expected[best_k],
-        "expected_psd_speedup": max(theory.psd_speedup(alpha, k, cost_ratio) for k in per_k),
+        "best_psd_k": best_psd_k,
+        "expected_psd_speedup": expected_psd[best_psd_k],
     }
+
+
+def _training_report(draft_dir) -> dict:
+    """Layers, training minutes and teacher-forced agreement, when `minedraft distill` made it."""
+    path = draft_dir / "report.json"
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    return {"draft_layers": len(report["target_layers_kept"]),
+            "draft_train_minutes": report["train_seconds"] / 60,
+            "draft_heldout_agreement": report["heldout_agreement"]}
 
 
 def _check_vocab(target_tok, draft_tok) -> None:
@@ -115,6 +148,32 @@ def format_evaluation(r: dict) -> str:
         lines.append(f"{k:>2}  {r['acceptance_rate'][k]:.3f}  {pos:<30} "
                      f"{r['mean_accepted_length'][k]:7.2f}  {r['expected_sd_speedup_per_k'][k]:7.2f}x"
                      f"  {r['measured_sd_speedup_per_k'][k]:7.2f}x")
-    lines.append(f"\nbest k {r['best_k']}: expected SD speed-up {r['expected_sd_speedup']:.2f}x, "
-                 f"ideal PSD {r['expected_psd_speedup']:.2f}x")
+    lines.append(f"\nexpected SD speed-up {r['expected_sd_speedup']:.2f}x at k = {r['best_k']}, "
+                 f"ideal PSD {r['expected_psd_speedup']:.2f}x at k = {r['best_psd_k']}")
     return "\n".join(lines)
+
+
+def format_comparison(results: list[dict]) -> str:
+    """One row per drafter: training, acceptance, cost and the speed-ups they imply."""
+    lines = [f"held-out prompts: {results[0]['num_prompts']}, output {results[0]['output_len']} "
+             f"tokens, concurrency {results[0]['max_concurrency']}, {results[0]['dtype']}; "
+             f"ar {results[0]['ar_output_throughput_tok_s']:.1f} tok/s",
+             "",
+             "drafter                 layers  train min  agreement  accept  accept T=1      c"
+             "  SD x (k)    PSD x (k)  measured SD k=1"]
+    for r in results:
+        layers = r.get("draft_layers", "-")
+        minutes = f"{r['draft_train_minutes']:.1f}" if "draft_train_minutes" in r else "-"
+        agree = f"{r['draft_heldout_agreement']:.3f}" if "draft_heldout_agreement" in r else "-"
+        lines.append(
+            f"{_short(r['draft']):<22} {layers:>7} {minutes:>10} {agree:>10} "
+            f"{r['acceptance_rate_greedy']:7.3f} {r['acceptance_rate_t1']:11.3f} "
+            f"{r['cost_ratio']:6.3f} {r['expected_sd_speedup']:5.2f}x ({r['best_k']})"
+            f" {r['expected_psd_speedup']:6.2f}x ({r['best_psd_k']})"
+            f" {r['measured_sd_speedup_per_k'][1]:10.2f}x")
+    return "\n".join(lines)
+
+
+def _short(path: str) -> str:
+    p = Path(path)
+    return str(Path(p.parent.name) / p.name)

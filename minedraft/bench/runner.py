@@ -27,6 +27,7 @@ class RequestResult:
     first_token_time: float | None = None
     finish_time: float | None = None
     finish_reason: str | None = None
+    logprobs: list = field(default_factory=list)  # vLLM's per-step logprobs, when asked for
 
 
 def arrival_offsets(n: int, request_rate: float, seed: int) -> list[float]:
@@ -85,6 +86,8 @@ def run_requests(engine: Engine, requests: list[Request], sampling_params, *,
                     res.first_token_time = t
                 res.token_ids.extend(completion.token_ids)
                 res.text += completion.text
+                if completion.logprobs:
+                    res.logprobs.append(completion.logprobs)
             if out.finished:
                 res.finish_time = t
                 res.finish_reason = completion.finish_reason
