@@ -3,7 +3,7 @@
 # the same wall-clock budget (MIN minutes, cosine schedule over it) on one shared corpus, then
 # one evaluate-drafter run that compares them through vLLM's SD against a shared ar run
 # (acceptance at k = 1 greedy and at temperature 1, cost ratio c, expected SD and PSD speed-ups).
-# Writes benchmarks/drafter_layers.json. ~4 x MIN + 10 min on 2 cores (+ ~20 min the first time,
+# Writes benchmarks/drafter_layers.json and .png. ~4 x MIN + 10 min on 2 cores (+ ~20 min the first time,
 # to generate the corpus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +18,4 @@ for n in $LAYERS; do
   drafts+=("out/layers/d$n")
 done
 $MD evaluate-drafter --draft "$(IFS=,; echo "${drafts[*]}")" --max-k 1 --enforce-eager \
-  --json benchmarks/drafter_layers.json
+  --json benchmarks/drafter_layers.json --plot benchmarks/drafter_layers.png

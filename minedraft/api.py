@@ -89,16 +89,17 @@ def generate(engine: Engine, requests: list[Request], *, max_tokens: int = 128,
 def benchmark(engine: Engine, requests: list[Request], *, output_len: int = 128,
               request_rate: float = math.inf, max_concurrency: int | None = None,
               temperature: float = 0.0, seed: int = 0, repeats: int = 1,
-              warmup: bool = True, progress: bool = True) -> dict:
+              warmup: bool = True, progress: bool = True, ignore_eos: bool = True) -> dict:
     """Serve `requests` `repeats` times; metrics are per-key medians over the repeats.
 
-    Every request generates exactly `output_len` tokens (EOS ignored), as in the paper's setup.
+    Every request generates exactly `output_len` tokens (EOS ignored), as in the paper's setup;
+    with `ignore_eos=False` a request ends at the model's end of turn, as a server would end it.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
 
     def params(_req):
-        return _sampling(output_len, temperature, None, ignore_eos=True)
+        return _sampling(output_len, temperature, None, ignore_eos=ignore_eos)
 
     if warmup:  # first batches allocate and warm caches; keep them out of the numbers
         run_requests(engine, requests[: min(4, len(requests))],

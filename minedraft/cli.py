@@ -258,11 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per request (default: 64)")
     e.add_argument("--max-concurrency", type=positive_int, default=4,
                    help="requests in flight (default: 4)")
+    e.add_argument("--max-prompt-len", type=positive_int, default=960,
+                   help="longest held-out prompt in tokens; prompt + output <= 1024 (default: 960)")
+    e.add_argument("--stop-at-eos", action="store_true",
+                   help="measure acceptance and speed-up on answers that end at the target's end "
+                        "of turn, as a server ends them (default: every request generates "
+                        "exactly --output-len tokens, EOS ignored, as in the throughput "
+                        "benchmarks; the cost ratio is always measured that way)")
     e.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype (default: bfloat16)")
     e.add_argument("--target-cores", default="all", help="cores for the engines (default: all)")
     e.add_argument("--enforce-eager", action="store_true", help="skip torch.compile")
     e.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     e.add_argument("--json", dest="json_out", default=None, help="write the results here")
+    e.add_argument("--plot", default=None,
+                   help="write a PNG: the drafters' learning curves (from distill's report) "
+                        "and their acceptance, cost ratio and expected speed-ups")
     from minedraft import cli_analysis  # advise, profile, simulate, report
     cli_analysis.add_parsers(sub)
     return parser
@@ -397,7 +407,8 @@ def cmd_evaluate_drafter(args) -> None:
                      num_prompts=args.num_prompts, output_len=args.output_len,
                      max_concurrency=args.max_concurrency, dtype=args.dtype,
                      target_cores=args.target_cores, enforce_eager=args.enforce_eager,
-                     seed=args.seed)
+                     seed=args.seed, max_prompt_len=args.max_prompt_len,
+                     stop_at_eos=args.stop_at_eos)
     try:
         results = compare_drafters(cfg, drafts)
     except ValueError as exc:
@@ -412,6 +423,10 @@ def cmd_evaluate_drafter(args) -> None:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({**doc, **provenance()}, indent=1))
         print(f"wrote {args.json_out}")
+    if args.plot:
+        from minedraft.bench.plots import plot_drafter_comparison
+        plot_drafter_comparison(results, args.plot)
+        print(f"wrote {args.plot}")
 
 
 def main(argv: list[str] | None = None) -> None:

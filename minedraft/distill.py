@@ -12,7 +12,7 @@ held-out answers) is greedy acceptance at k = 1.
 
 Everything lives in the output directory: the generated corpus, a training state written
 atomically every few minutes (an interrupted run resumes from it), the final Hugging Face
-checkpoint and report.json.
+checkpoint, report.json and learning_curve.png.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 STATE = "train-state.pt"
 CORPUS_TOP_K = 20  # the target's top-k distribution stored per answer token (vLLM's maximum)
 REPORT = "report.json"
+CURVE = "learning_curve.png"
 
 
 @dataclass
@@ -309,7 +310,14 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict:
         **final, "history": state.history,
     }
     (out / REPORT).write_text(json.dumps(report, indent=1))
+    from minedraft.bench.plots import plot_learning_curves
+    plot_learning_curves({f"{len(kept)} layers": learning_curve(report)}, out / CURVE)
     return report
+
+
+def learning_curve(report: dict) -> list[list[float]]:
+    """[training minutes, held-out agreement] points of a report's history."""
+    return [[h.get("minutes", 0.0), h["heldout_agreement"]] for h in report["history"]]
 
 
 def _lr_factor(step: int, warmup: int, progress: float) -> float:

@@ -19,6 +19,7 @@ from minedraft import models, theory
 from minedraft.api import benchmark
 from minedraft.bench.workloads import sharegpt_requests
 from minedraft.config import EngineConfig
+from minedraft.distill import learning_curve
 from minedraft.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class EvalConfig:
     max_k: int = 5
     num_prompts: int = 32
     output_len: int = 64
+    max_prompt_len: int = 960  # prompt tokens (the engines hold 1024 tokens per request)
+    stop_at_eos: bool = False  # acceptance on answers that end at the target's end of turn
     max_concurrency: int = 4
     dtype: str = "bfloat16"
     target_cores: str = "all"
@@ -50,13 +53,15 @@ def compare_drafters(cfg: EvalConfig, drafts: list[str], progress: bool = True) 
     """Evaluate each drafter in `drafts` against one shared `ar` run of the target."""
     if cfg.max_k < 1:
         raise ValueError("--max-k must be >= 1")
+    if cfg.max_prompt_len + cfg.output_len > 1024:
+        raise ValueError("--max-prompt-len + --output-len must be <= 1024")
     target_dir = models.resolve(cfg.target)
     draft_dirs = [models.resolve(d) for d in drafts]
     tokenizer = models.load_tokenizer(target_dir)
     for draft_dir in draft_dirs:
         _check_vocab(tokenizer, models.load_tokenizer(draft_dir))
     requests = sharegpt_requests(tokenizer, cfg.num_prompts, seed=cfg.seed, split="heldout",
-                                 max_prompt_len=1024 - cfg.output_len)
+                                 max_prompt_len=cfg.max_prompt_len)
     base = dict(dtype=cfg.dtype, target_cores=cfg.target_cores, max_model_len=1024,
                 enforce_eager=cfg.enforce_eager, seed=cfg.seed)
     run = dict(output_len=cfg.output_len, max_concurrency=cfg.max_concurrency, seed=cfg.seed,
@@ -66,7 +71,13 @@ def compare_drafters(cfg: EvalConfig, drafts: list[str], progress: bool = True) 
         with Engine(config) as engine:
             return benchmark(engine, requests, **run, **extra)
 
-    ar = bench(EngineConfig(mode="ar", target=str(target_dir), **base))
+    # Fixed-length runs (EOS ignored) measure the cost ratio; with stop_at_eos, acceptance and the
+    # measured speed-up come from answers that end at the target's end of turn.
+    eos = dict(ignore_eos=not cfg.stop_at_eos)
+    with Engine(EngineConfig(mode="ar", target=str(target_dir), **base)) as engine:
+        ar = benchmark(engine, requests, **run)
+        ar_served = benchmark(engine, requests, **run, **eos, warmup=False) \
+            if cfg.stop_at_eos else ar
     results = []
     for draft_dir in draft_dirs:
         drafter_alone = bench(EngineConfig(mode="ar", target=str(draft_dir), **base))
@@ -75,27 +86,30 @@ def compare_drafters(cfg: EvalConfig, drafts: list[str], progress: bool = True) 
             config = EngineConfig(mode="sd", target=str(target_dir), draft=str(draft_dir),
                                   num_speculative_tokens=k, **base)
             with Engine(config) as engine:
-                per_k[k] = benchmark(engine, requests, **run)
+                per_k[k] = benchmark(engine, requests, **run, **eos)
                 if k == 1:
-                    t1 = benchmark(engine, requests, **run, temperature=1.0, warmup=False)
-        results.append(_summarise(cfg, target_dir, draft_dir, ar, drafter_alone, per_k, t1))
+                    t1 = benchmark(engine, requests, **run, **eos, temperature=1.0,
+                                   warmup=False)
+        results.append(_summarise(cfg, target_dir, draft_dir, ar, ar_served, drafter_alone,
+                                  per_k, t1))
     return results
 
 
-def _summarise(cfg, target_dir, draft_dir, ar, drafter_alone, per_k, t1) -> dict:
+def _summarise(cfg, target_dir, draft_dir, ar, ar_served, drafter_alone, per_k, t1) -> dict:
     # Same requests, same token counts, same batch: the time ratio is the step-time ratio.
     cost_ratio = drafter_alone["duration_s"] / ar["duration_s"]
     alpha = per_k[1]["acceptance_rate"]
     ks = range(1, max(cfg.max_k, THEORY_MAX_K) + 1)
     expected = {k: theory.sd_speedup(alpha, k, cost_ratio) for k in ks}
     expected_psd = {k: theory.psd_speedup(alpha, k, cost_ratio) for k in ks}
-    measured = {k: r["output_throughput_tok_s"] / ar["output_throughput_tok_s"]
+    measured = {k: r["output_throughput_tok_s"] / ar_served["output_throughput_tok_s"]
                 for k, r in per_k.items()}
     best_k = theory.best_k(alpha, cost_ratio, "sd", k_max=ks[-1])
     best_psd_k = theory.best_k(alpha, cost_ratio, "psd", k_max=ks[-1])
     return {
         "target": str(target_dir), "draft": str(draft_dir), **_training_report(draft_dir),
         "num_prompts": cfg.num_prompts, "output_len": cfg.output_len,
+        "max_prompt_len": cfg.max_prompt_len, "stop_at_eos": cfg.stop_at_eos,
         "max_concurrency": cfg.max_concurrency, "dtype": cfg.dtype,
         "acceptance_rate_greedy": alpha,
         "acceptance_rate_t1": t1["acceptance_rate"],
@@ -103,7 +117,7 @@ def _summarise(cfg, target_dir, draft_dir, ar, drafter_alone, per_k, t1) -> dict
         "acceptance_rate": {k: r["acceptance_rate"] for k, r in per_k.items()},
         "mean_accepted_length": {k: r["mean_accepted_length"] for k, r in per_k.items()},
         "cost_ratio": cost_ratio,
-        "ar_output_throughput_tok_s": ar["output_throughput_tok_s"],
+        "ar_output_throughput_tok_s": ar_served["output_throughput_tok_s"],
         "drafter_alone_output_throughput_tok_s": drafter_alone["output_throughput_tok_s"],
         "sd_output_throughput_tok_s": {k: r["output_throughput_tok_s"] for k, r in per_k.items()},
         "expected_sd_speedup_per_k": expected,
@@ -123,7 +137,8 @@ def _training_report(draft_dir) -> dict:
     report = json.loads(path.read_text())
     return {"draft_layers": len(report["target_layers_kept"]),
             "draft_train_minutes": report["train_seconds"] / 60,
-            "draft_heldout_agreement": report["heldout_agreement"]}
+            "draft_heldout_agreement": report["heldout_agreement"],
+            "draft_train_curve": learning_curve(report)}
 
 
 def _check_vocab(target_tok, draft_tok) -> None:
@@ -134,8 +149,8 @@ def _check_vocab(target_tok, draft_tok) -> None:
 
 def format_evaluation(r: dict) -> str:
     lines = [
-        f"held-out prompts: {r['num_prompts']}, output {r['output_len']} tokens, "
-        f"concurrency {r['max_concurrency']}, {r['dtype']}",
+        f"held-out prompts: {r['num_prompts']} (<= {r['max_prompt_len']} tokens), output "
+        f"{r['output_len']} tokens ({_eos(r)}), concurrency {r['max_concurrency']}, {r['dtype']}",
         f"acceptance (greedy, k=1): {r['acceptance_rate_greedy']:.3f}   "
         f"at temperature 1: {r['acceptance_rate_t1']:.3f}",
         f"cost ratio c (drafter step / target step): {r['cost_ratio']:.3f}",
@@ -156,7 +171,7 @@ def format_evaluation(r: dict) -> str:
 def format_comparison(results: list[dict]) -> str:
     """One row per drafter: training, acceptance, cost and the speed-ups they imply."""
     lines = [f"held-out prompts: {results[0]['num_prompts']}, output {results[0]['output_len']} "
-             f"tokens, concurrency {results[0]['max_concurrency']}, {results[0]['dtype']}; "
+             f"tokens ({_eos(results[0])}), concurrency {results[0]['max_concurrency']}, {results[0]['dtype']}; "
              f"ar {results[0]['ar_output_throughput_tok_s']:.1f} tok/s",
              "",
              "drafter                 layers  train min  agreement  accept  accept T=1      c"
@@ -172,6 +187,10 @@ def format_comparison(results: list[dict]) -> str:
             f" {r['expected_psd_speedup']:6.2f}x ({r['best_psd_k']})"
             f" {r['measured_sd_speedup_per_k'][1]:10.2f}x")
     return "\n".join(lines)
+
+
+def _eos(r: dict) -> str:
+    return "ending at EOS" if r["stop_at_eos"] else "EOS ignored"
 
 
 def _short(path: str) -> str:

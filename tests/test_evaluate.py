@@ -20,14 +20,15 @@ def summary(tmp_path):
     draft.mkdir()
     (draft / "report.json").write_text(json.dumps(
         {"target_layers_kept": [0, 10, 19, 29], "train_seconds": 480.0,
-         "heldout_agreement": 0.52}))
+         "heldout_agreement": 0.52,
+         "history": [{"step": 9, "minutes": 8.0, "heldout_agreement": 0.52}]}))
     ar = bench(10.0, 100.0)
     alone = bench(4.0, 250.0)  # c = 0.4
     per_k = {1: bench(8.0, 125.0, 0.6, [0.6], 1.6),
              2: bench(9.0, 111.0, 0.45, [0.6, 0.3], 1.9)}
     t1 = bench(9.0, 110.0, 0.3, [0.3], 1.3)
     cfg = EvalConfig(max_k=2, num_prompts=4, output_len=8)
-    return _summarise(cfg, tmp_path / "target", draft, ar, alone, per_k, t1)
+    return _summarise(cfg, tmp_path / "target", draft, ar, ar, alone, per_k, t1)
 
 
 def test_summary_follows_the_formulas(summary):
@@ -61,3 +62,26 @@ def test_tables(summary, tmp_path):
     assert len(rows) == 2
     assert rows[0].split()[:4] == [f"{tmp_path.name}/d4", "4", "8.0", "0.520"]
     assert rows[1].split()[:2] == [f"{tmp_path.name}/d8", "8"] and "0.700" in rows[1]
+
+
+def test_comparison_plot(summary, tmp_path):
+    from minedraft.bench.plots import plot_drafter_comparison
+
+    assert summary["draft_train_curve"] == [[8.0, 0.52]]  # from the report's final point
+    path = tmp_path / "cmp.png"
+    plot_drafter_comparison([summary, {**summary, "draft": str(tmp_path / "d8")}], path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stop_at_eos_measures_speedup_against_served_ar(tmp_path):
+    """With --stop-at-eos the cost ratio still comes from the fixed-length runs, the measured
+    speed-up from the runs that end at EOS."""
+    fixed_ar, served_ar = bench(10.0, 100.0), bench(6.0, 80.0)
+    per_k = {1: bench(5.0, 100.0, 0.6, [0.6], 1.6)}
+    cfg = EvalConfig(max_k=1, stop_at_eos=True)
+    r = _summarise(cfg, tmp_path, tmp_path, fixed_ar, served_ar, bench(4.0, 250.0), per_k,
+                   bench(5.0, 90.0, 0.3, [0.3], 1.3))
+    assert r["cost_ratio"] == pytest.approx(0.4)
+    assert r["measured_sd_speedup_per_k"][1] == pytest.approx(1.25)
+    assert r["ar_output_throughput_tok_s"] == 80.0
+    assert "ending at EOS" in format_evaluation(r)
