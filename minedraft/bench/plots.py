@@ -245,4 +245,4 @@ def plot_drafter_comparison(results: list[dict], path) -> None:
 def _drafter_label(r: dict) -> str:
     layers = r.get("draft_layers")
     name = r["draft"].rstrip("/").split("/")[-1]
-    return f"{name} ({layers} layers)" if layers else name
+    return f"{name} ({layers} layer{'s' if layers != 1 else ''})" if layers else name
