@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out prompts for evaluation (default: 64)")
     d.add_argument("--answer-len", type=positive_int, default=128,
                    help="tokens per generated answer (default: 128)")
+    d.add_argument("--max-prompt-len", type=positive_int, default=384,
+                   help="longest training prompt in tokens (default: 384)")
     d.add_argument("--batch-tokens", type=positive_int, default=1024,
                    help="padded tokens per optimizer step (default: 1024)")
     d.add_argument("--soft-top-k", type=int, default=20,
@@ -377,6 +379,7 @@ def cmd_distill(args) -> None:
     cfg = DistillConfig(target=args.target, out=args.out, layers=args.layers, tokens=args.tokens,
                         time_budget_min=args.time_budget, train_prompts=args.train_prompts,
                         heldout_prompts=args.heldout_prompts, answer_len=args.answer_len,
+                        max_prompt_len=args.max_prompt_len,
                         batch_tokens=args.batch_tokens, lr=args.lr, seed=args.seed,
                         soft_top_k=args.soft_top_k, corpus_dir=args.corpus_dir,
                         eval_every_min=args.eval_every)

@@ -58,7 +58,7 @@ class DistillConfig:
 
     def validate(self) -> "DistillConfig":
         for name in ("layers", "tokens", "train_prompts", "heldout_prompts", "answer_len",
-                     "batch_tokens"):
+                     "max_prompt_len", "batch_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if not 0 <= self.soft_top_k <= 20:
@@ -257,8 +257,9 @@ def distill(cfg: DistillConfig, progress: bool = True) -> dict:
                               **evaluate(model, heldout, cfg.batch_tokens, cfg.soft_top_k)})
 
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else math.inf
-    bar = tqdm(total=cfg.tokens, initial=state.tokens_seen, unit="tok", desc="distill",
-               disable=not progress, dynamic_ncols=True)
+    # With a time budget the token count is only a cap: show tokens and rate, not a made-up ETA.
+    bar = tqdm(total=None if cfg.time_budget_min else cfg.tokens, initial=state.tokens_seen,
+               unit="tok", desc="distill", disable=not progress, dynamic_ncols=True)
     last_eval = time.perf_counter()
     session_start = time.perf_counter() - state.train_seconds
     model.train()
