@@ -201,14 +201,7 @@ def plot_learning_curves(curves: dict[str, list], path) -> None:
 
     `curves` maps a label to [minutes, agreement] points (distill's report history)."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for label, points in curves.items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
-                label=label)
-    ax.set_xlabel("training minutes (2 CPU cores)")
-    ax.set_ylabel("held-out greedy agreement")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _draw_learning_curves(ax, curves)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -218,15 +211,8 @@ def plot_drafter_comparison(results: list[dict], path) -> None:
     """evaluate-drafter results side by side: learning curves (where distill's report is there)
     and measured acceptance, cost ratio and the speed-ups they imply."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for r in results:
-        points = r.get("draft_train_curve") or []
-        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
-                  label=_drafter_label(r))
-    left.set_xlabel("training minutes (2 CPU cores)")
-    left.set_ylabel("held-out greedy agreement")
-    left.set_ylim(0, 1)
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    _draw_learning_curves(left, {_drafter_label(r): r.get("draft_train_curve") or []
+                                 for r in results})
     bars = [("acceptance k=1", "acceptance_rate_greedy"), ("cost ratio c", "cost_ratio"),
             ("expected SD x", "expected_sd_speedup"), ("ideal PSD x", "expected_psd_speedup")]
     width = 0.8 / len(results)
@@ -240,6 +226,17 @@ def plot_drafter_comparison(results: list[dict], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _draw_learning_curves(ax, curves: dict[str, list]) -> None:
+    for label, points in curves.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
+                label=label)
+    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_ylabel("held-out greedy agreement")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def _drafter_label(r: dict) -> str:
