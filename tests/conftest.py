@@ -1,5 +1,8 @@
 """Shared fixtures: the real bundled target, a tiny drafter cut from it, and one engine per mode
-for the whole session (engine start-up is the expensive part of this suite)."""
+for the whole session (engine start-up is the expensive part of this suite).
+
+tests/unit needs no vLLM engine (`pytest tests/unit`, about a minute); tests/integration starts
+engines and servers and is marked `integration` (`pytest -m "not integration"` skips it)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,15 @@ import os
 
 import pytest
 
+
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
 
 # Exactness tests run in float32: bf16 greedy outputs can change with batch composition.
 EXACT = dict(dtype="float32", enforce_eager=True, kv_cache_gib=1, max_model_len=1024,
@@ -55,8 +66,8 @@ def sharegpt_prompts(tokenizer):
 
 @pytest.fixture(scope="session")
 def ar_engine(target_dir):
-    from minedraft.config import EngineConfig
-    from minedraft.engine import Engine
+    from minedraft.runtime.config import EngineConfig
+    from minedraft.runtime.engine import Engine
     engine = Engine(EngineConfig(mode="ar", target=str(target_dir), **EXACT))
     yield engine
     engine.shutdown()
@@ -64,8 +75,8 @@ def ar_engine(target_dir):
 
 @pytest.fixture(scope="session")
 def sd_engine(target_dir, drafter_dir):
-    from minedraft.config import EngineConfig
-    from minedraft.engine import Engine
+    from minedraft.runtime.config import EngineConfig
+    from minedraft.runtime.engine import Engine
     engine = Engine(EngineConfig(mode="sd", target=str(target_dir), draft=str(drafter_dir),
                                  num_speculative_tokens=3, **EXACT))
     yield engine

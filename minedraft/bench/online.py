@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from minedraft.bench.metrics import serving_metrics
 from minedraft.bench.runner import RequestResult, arrival_offsets
 from minedraft.bench.workloads import Request
+from minedraft.core.errors import MineDraftError
 
 
 @dataclass
@@ -36,12 +37,13 @@ class OnlineOptions:
     goodput_tpot_ms: float | None = None
     timeout_s: float = 600.0
     kill_drafter_after_s: float | None = None  # load test: kill the drafter this long in
+    kill_drafter_after_tokens: int | None = None  # ... or once this many tokens streamed
     server_pid: int | None = None  # whose descendant the drafter is
     progress: bool = True
     warmup: bool = True  # a few short requests first, outside the numbers
 
 
-class OnlineError(RuntimeError):
+class OnlineError(MineDraftError, RuntimeError):
     """The server cannot be used (unreachable, no model); one line for the user."""
 
 
@@ -194,15 +196,22 @@ async def run_online(requests: list[Request], opt: OnlineOptions) -> dict:
             bar.update(1)
 
         killed = None
+        kill_time = None
 
         async def killer():
-            nonlocal killed
-            await asyncio.sleep(opt.kill_drafter_after_s)
+            """Kill the drafter after a time, or once enough tokens have streamed."""
+            nonlocal killed, kill_time
+            if opt.kill_drafter_after_s is not None:
+                await asyncio.sleep(opt.kill_drafter_after_s)
+            while opt.kill_drafter_after_tokens is not None and \
+                    sum(len(r.token_ids) for r in results) < opt.kill_drafter_after_tokens:
+                await asyncio.sleep(0.01)
             killed = _kill_drafter(opt.server_pid)
+            kill_time = time.perf_counter() - start
 
         tasks = [send(i, at) for i, at in
                  enumerate(arrival_offsets(len(requests), opt.request_rate, opt.seed))]
-        if opt.kill_drafter_after_s is not None:
+        if opt.kill_drafter_after_s is not None or opt.kill_drafter_after_tokens is not None:
             tasks.append(killer())
         await asyncio.gather(*tasks)
         duration = time.perf_counter() - start
@@ -223,7 +232,9 @@ async def run_online(requests: list[Request], opt: OnlineOptions) -> dict:
         errors=sorted({e for e in errors if e})[:10],
         request_goodput_req_s=len(good) / duration if duration > 0 else float("nan"),
         goodput_ttft_ms=opt.goodput_ttft_ms, goodput_tpot_ms=opt.goodput_tpot_ms,
-        drafter_killed_pid=killed)
+        drafter_killed_pid=killed, drafter_killed_at_s=kill_time,
+        finished_after_kill=sum(r.finish_time is not None and kill_time is not None
+                                and r.finish_time > kill_time for r in results))
     return out
 
 
@@ -235,7 +246,7 @@ def _meets(r: RequestResult, opt: OnlineOptions) -> bool:
            (opt.goodput_tpot_ms is None or tpot <= opt.goodput_tpot_ms)
 
 
-def _median(runs: list[dict]) -> dict:
+def median_of_online_runs(runs: list[dict]) -> dict:
     """Per-key median of the numbers present in every run; the runs are kept under `runs`."""
     import statistics
     out = dict(runs[0])
@@ -251,68 +262,3 @@ def _median(runs: list[dict]) -> dict:
 
 def benchmark_online(requests: list[Request], opt: OnlineOptions) -> dict:
     return asyncio.run(run_online(requests, opt))
-
-
-# --------------------------------------------------------------------------- command line
-
-def add_online_options(b) -> None:
-    """`minedraft bench --base-url ...` options (registered by minedraft.cli)."""
-    from minedraft.cli import non_negative_float, positive_int
-
-    o = b.add_argument_group("online (a running server; --mode and engine options other than "
-                             "--target, which gives the tokenizer, are then ignored)")
-    o.add_argument("--base-url", default=None,
-                   help="benchmark the OpenAI-compatible server(s) at this URL, or several "
-                        "comma-separated (one run each), e.g. http://127.0.0.1:8000")
-    o.add_argument("--model", dest="served_model", default=None,
-                   help="model name to request (default: the server's first model)")
-    o.add_argument("--goodput-ttft-ms", type=non_negative_float, default=None,
-                   help="goodput: a request is good if its TTFT is at most this (default: any)")
-    o.add_argument("--goodput-tpot-ms", type=non_negative_float, default=None,
-                   help="goodput: ... and its TPOT is at most this (default: any)")
-    o.add_argument("--request-timeout", type=positive_int, default=600,
-                   help="seconds before a request counts as an error (default: 600)")
-    o.add_argument("--kill-drafter-after", type=non_negative_float, default=None,
-                   help="load test: SIGKILL the PSD drafter process this many seconds into the "
-                        "run (needs --server-pid, same machine)")
-    o.add_argument("--server-pid", type=positive_int, default=None,
-                   help="pid of the server process (for --kill-drafter-after)")
-    o.add_argument("--fail-on-error", action="store_true",
-                   help="exit with status 1 if any request failed or was lost (load tests)")
-
-
-def cmd_bench_online(args) -> None:
-    from minedraft.cli import UserError, bench_requests, report_bench
-
-    if args.kill_drafter_after is not None and args.server_pid is None:
-        raise UserError("--kill-drafter-after needs --server-pid")
-    urls = [u.strip() for u in args.base_url.split(",") if u.strip()]
-    if not urls or any(not u.startswith(("http://", "https://")) for u in urls):
-        raise UserError(f"--base-url must be http(s)://HOST:PORT, got {args.base_url!r}")
-    requests = bench_requests(args)
-    results = []
-    for url in urls:
-        opt = OnlineOptions(base_url=url, output_len=args.output_len,
-                            request_rate=args.request_rate, max_concurrency=args.max_concurrency,
-                            temperature=args.temperature, seed=args.seed,
-                            model=args.served_model, goodput_ttft_ms=args.goodput_ttft_ms,
-                            goodput_tpot_ms=args.goodput_tpot_ms, timeout_s=args.request_timeout,
-                            kill_drafter_after_s=args.kill_drafter_after,
-                            server_pid=args.server_pid, progress=not args.no_progress)
-        try:
-            runs = []
-            for rep in range(args.repeats):
-                opt.seed, opt.warmup = args.seed + rep, rep == 0
-                runs.append(benchmark_online(requests, opt))
-        except OnlineError as exc:
-            raise UserError(str(exc)) from None
-        results.append(_median(runs))
-    report_bench(args, results, online=True)
-    for r in results:
-        print(f"{r['base_url']} ({r['mode']}): {int(r['num_requests'])} ok, "
-              f"{r['num_errors']} errors, {r['num_lost']} lost, "
-              f"goodput {r['request_goodput_req_s']:.2f} req/s"
-              + (f", drafter {r['drafter_killed_pid']} killed" if r["drafter_killed_pid"]
-                 else "") + "".join(f"\n  {e}" for e in r["errors"]))
-    if args.fail_on_error and any(r["num_errors"] or r["num_lost"] for r in results):
-        raise SystemExit("minedraft bench: error: some requests failed or were lost")

@@ -13,7 +13,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from minedraft.engine import Engine
 from minedraft.bench.workloads import Request
 
 
@@ -42,11 +41,13 @@ def arrival_offsets(n: int, request_rate: float, seed: int) -> list[float]:
     return out
 
 
-def run_requests(engine: Engine, requests: list[Request], sampling_params, *,
+def run_requests(engine, requests: list[Request], sampling_params, *,
                  request_rate: float = math.inf, max_concurrency: int | None = None,
                  seed: int = 0, progress: bool = True, on_step=None,
                  abort_after: dict[int, int] | None = None) -> tuple[list[RequestResult], float]:
-    """Run `requests` and return their results (in input order) and the run's wall time.
+    """Run `requests` on `engine` (anything with `llm_engine`, a vLLM LLMEngine, such as
+    minedraft.runtime.engine.Engine) and return their results (in input order) and the run's
+    wall time in seconds.
 
     `sampling_params(request) -> vllm.SamplingParams` lets every request carry its own limits.
     `abort_after` {request index: n} aborts that request once it has n tokens, as a client that

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from minedraft.core.errors import MineDraftError
+
 logger = logging.getLogger(__name__)
 
 
-class WorkloadError(ValueError):
+class WorkloadError(MineDraftError, ValueError):
     """A workload file or option that cannot be used; the message says why and where."""
 
 

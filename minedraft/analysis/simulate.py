@@ -1,0 +1,272 @@
+"""A discrete-event simulation of serving with ar, sd or psd, driven by a cost profile.
+
+The model is vLLM's own: the engine runs in steps, and every step's cost comes from the profile
+(minedraft.core.costmodel) as a function of its batch:
+
+* ``ar``:  a step decodes every running request: ``decode(batch)``.
+* ``sd``:  draft then verify, sequentially: ``draft(batch, k) + verify(tokens) + overhead``
+  (``tokens`` = the requests' 1 + k positions). On this machine that is bench's ``sd-ext`` (the
+  drafter on its own cores); a profile may give ``colocated_round_ms`` for a drafter that shares
+  the target's devices (vLLM's own ``sd``, the paper's standard SD).
+* ``psd``: the scheduler's own plan (minedraft.core.subbatch): one sub-batch is verified while
+  the other is drafted, a step costing ``max(draft, verify) + overhead``, plus a sequential
+  catch-up round where the pipeline (re)starts.
+
+Prompts are prefilled whole in the step after they are admitted (first token at its end).
+Arrivals, the concurrency cap and the metrics are those of ``bench`` (same Poisson offsets for the
+same seed, same `serving_metrics`), so the output dict has the same keys. Accepted draft lengths
+are drawn from the profile's acceptance per draft position (vLLM's definition: the share of
+drafts whose first i tokens were all accepted).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+from minedraft.bench.metrics import serving_metrics
+from minedraft.bench.runner import RequestResult, arrival_offsets
+from minedraft.core.costmodel import CostProfile
+from minedraft.core.subbatch import SubBatches, plan_step
+
+SIM_MODES = ("ar", "sd", "psd")
+MODE_ALIASES = {"sd-ext": "sd"}  # bench's sd-ext is the simulator's sd (drafter on its own cores)
+
+
+# --------------------------------------------------------------------------- the simulation
+
+@dataclass
+class _Req:
+    index: int
+    prompt_len: int
+    output_len: int
+    arrival: float
+    result: RequestResult
+    tokens: int = 0  # output tokens so far
+    prefilled: bool = False
+    drafts_at: int | None = None  # `tokens` when its drafts were made (fresh while equal)
+
+    @property
+    def rid(self) -> str:
+        return str(self.index)
+
+
+STEP_KIND = {"ar": "none", "sd": "sequential", "psd": "psd"}
+
+
+def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_len: int | None = 128,
+             request_rate: float = math.inf, max_concurrency: int | None = None,
+             k: int | None = None, seed: int = 0, max_num_seqs: int = 256,
+             max_num_batched_tokens: int = 8192, prompt_len: int | None = None,
+             colocated: bool = False, timeline: list | None = None,
+             output_lens: list[int] | None = None) -> dict:
+    """Serve `num_prompts` requests and return bench's serving metrics (plus speculative counters).
+
+    The steps are planned by the scheduler's own code (minedraft.core.subbatch: SubBatches and
+    plan_step), so sides, holds, catch-up rounds and the run's tail are the scheduler's.
+    `output_len` None draws each request's length from the profile's ShareGPT answer lengths
+    (`output_lens` gives them, request by request);
+    prompt lengths come from the profile's ShareGPT prompts (or `prompt_len` for all).
+    `colocated`: in sd, use the profile's drafter-on-the-target's-devices costs when it has them.
+    `timeline`, if a list, receives one dict per step (start, end, draft and verify spans).
+    Raises ValueError for an unknown mode or k < 1.
+    """
+    mode = MODE_ALIASES.get(mode, mode)
+    if mode not in SIM_MODES:
+        raise ValueError(f"mode must be one of {', '.join(SIM_MODES)}, got {mode!r}")
+    k = profile.k if k is None else k
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if num_prompts < 1:
+        raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+    rng = random.Random(seed)
+    cond = profile.conditional_acceptance(k)
+    plens = profile.prompt_lens or [128]
+    olens = output_lens or profile.output_lens or [128]
+    reqs = []
+    for i, t in enumerate(arrival_offsets(num_prompts, request_rate, seed)):
+        pl = prompt_len or plens[i % len(plens)]
+        ol = max(1, olens[i % len(olens)]) if output_lens or not output_len else output_len
+        reqs.append(_Req(i, pl, ol, t, RequestResult(i, pl)))
+    pending = deque(reqs)
+    waiting: deque[_Req] = deque()
+    running: list[_Req] = []
+    by_rid: dict[str, _Req] = {}
+    batches = SubBatches(overlap=mode == "psd")
+    counters = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "per_pos": [0] * k}
+    steps: list[dict] = []
+    t = 0.0
+
+    def accept(n_draft: int) -> int:
+        n = 0
+        while n < n_draft and rng.random() < cond[n]:
+            n += 1
+        if n_draft:
+            counters["drafts"] += 1
+            counters["draft_tokens"] += n_draft
+            counters["accepted"] += n
+            for i in range(n):
+                counters["per_pos"][i] += 1
+        return n
+
+    while pending or waiting or running:
+        while pending and pending[0].arrival <= t and (
+                max_concurrency is None or len(waiting) + len(running) < max_concurrency):
+            r = pending.popleft()
+            r.result.submit_time = t
+            waiting.append(r)
+        if not waiting and not running:
+            t = max(t, pending[0].arrival)
+            continue
+        # Decoding requests (running order) join a side; then admission and prefill (whole
+        # prompts, FIFO, within the token budget), as vLLM's scheduler does.
+        decoding = [r.rid for r in running if r.prefilled]
+        for rid in decoding:
+            if rid not in batches.side:
+                batches.join(rid)
+        batches.rebalance()
+        prefill: list[_Req] = []
+        budget = max_num_batched_tokens
+        while waiting and len(running) < max_num_seqs and (
+                not prefill or waiting[0].prompt_len <= budget):
+            r = waiting.popleft()
+            budget -= r.prompt_len
+            running.append(r)
+            by_rid[r.rid] = r
+            prefill.append(r)
+        prefill_tokens = sum(r.prompt_len for r in prefill)
+        fresh = {rid for rid in decoding if by_rid[rid].drafts_at == by_rid[rid].tokens}
+        plan = plan_step(batches, decoding, fresh, STEP_KIND[mode])
+        colo = colocated and mode == "sd"
+        catch_up_ms = profile.draft_ms(len(plan.catch_up), k, colo) if plan.catch_up else 0.0
+        draft_ms = profile.draft_ms(len(plan.draft), k) if plan.draft else 0.0
+        for rid in plan.catch_up:
+            by_rid[rid].drafts_at = by_rid[rid].tokens
+        emitted: dict[int, int] = {}  # index -> tokens produced this step
+        n_tokens = 0
+        spec = {}
+        for rid in plan.verify:
+            r = by_rid[rid]
+            has = mode != "ar" and r.drafts_at == r.tokens
+            spec[rid] = min(k, max(0, r.output_len - r.tokens - 1)) if has else 0
+            n_tokens += 1 + spec[rid]
+        if mode == "ar":
+            verify_ms = profile.decode(len(plan.verify)) if plan.verify else 0.0
+        else:
+            verify_ms = profile.verify(n_tokens) if plan.verify else 0.0
+        verify_ms += profile.prefill_extra_ms(prefill_tokens, alone=not plan.verify)
+        overhead = 0.0
+        if plan.verify and mode != "ar":
+            overhead = profile.overhead_psd_ms if plan.overlapped else profile.overhead_sd_ms
+        step_ms = catch_up_ms + (max(draft_ms, verify_ms) if plan.overlapped
+                                 else draft_ms + verify_ms) + overhead
+        for rid in plan.verify:
+            emitted[by_rid[rid].index] = 1 + accept(spec[rid])
+        for rid in plan.draft:
+            by_rid[rid].drafts_at = by_rid[rid].tokens
+        for r in prefill:
+            emitted[r.index] = 1
+        if timeline is not None:
+            timeline.append({"start_ms": 1000 * t, "step_ms": step_ms,
+                             "draft_ms": draft_ms + catch_up_ms, "verify_ms": verify_ms,
+                             "overlapped": plan.overlapped, "verify": len(plan.verify)})
+        t += step_ms / 1000
+        batches.flip()
+        if plan.verify:
+            steps.append({"step_ms": step_ms, "draft_ms": draft_ms + catch_up_ms,
+                          "verify_ms": verify_ms, "overlapped": plan.overlapped})
+        for idx, n in emitted.items():
+            r = reqs[idx]
+            if r.tokens == 0:
+                r.prefilled = True
+                r.result.first_token_time = t
+            n = min(n, r.output_len - r.tokens)
+            r.tokens += n
+            r.result.token_ids.extend([0] * n)
+            if r.tokens >= r.output_len:
+                r.result.finish_time = t
+                r.result.finish_reason = "length"
+                running.remove(r)
+                batches.leave(r.rid)
+    metrics = serving_metrics([r.result for r in reqs], t)
+    metrics["mode"] = mode
+    metrics["simulated"] = True
+    if mode != "ar":
+        metrics["num_speculative_tokens"] = k
+        if counters["drafts"]:
+            metrics.update(
+                acceptance_rate=counters["accepted"] / counters["draft_tokens"],
+                mean_accepted_length=1 + counters["accepted"] / counters["drafts"],
+                acceptance_per_position=[n / counters["drafts"] for n in counters["per_pos"]],
+                num_drafts=counters["drafts"])
+    if steps:
+        metrics["num_steps"] = len(steps)
+        metrics["mean_step_ms"] = statistics.fmean(s["step_ms"] for s in steps)
+        if mode != "ar":
+            metrics["mean_draft_ms"] = statistics.fmean(s["draft_ms"] for s in steps)
+            metrics["mean_verify_ms"] = statistics.fmean(s["verify_ms"] for s in steps)
+    return metrics
+
+
+# --------------------------------------------------------------------------- validation
+
+VALIDATED_KEYS = (("output_throughput_tok_s", "out tok/s"), ("mean_e2el_ms", "mean E2EL ms"))
+
+
+def validate_runs(profile: CostProfile, runs: list[dict], workload: dict, *,
+                  seed: int | None = None) -> list[dict]:
+    """Simulate every bench run (each with its `request_rate` and `config`) on the workload it
+    served (`num_prompts`, `output_len`, `max_concurrency`); one row per (run, metric) with the
+    measured value, the simulated one and the relative error."""
+    rows = []
+    for run in runs:
+        mode = run.get("mode")
+        config = run.get("config", {})
+        colocated = mode == "sd"  # vLLM's own sd: the drafter on the target's cores
+        if MODE_ALIASES.get(mode, mode) not in SIM_MODES or (
+                colocated and profile.colocated_round is None):
+            continue  # the profile has no costs for this run
+        if not _same_cores(profile.target_cores, config.get("target_cores")):
+            continue  # measured on other cores than the profile's target
+
+        rate = float(run.get("request_rate", workload.get("request_rate", "inf")))
+        sim = simulate(profile, mode,
+                       num_prompts=int(run.get("num_requests") or workload.get("num_prompts", 16)),
+                       output_len=int(workload.get("output_len", 128)), request_rate=rate,
+                       max_concurrency=workload.get("max_concurrency"),
+                       k=int(config.get("num_speculative_tokens") or profile.k),
+                       seed=int(config.get("seed", 0)) if seed is None else seed,
+                       max_num_seqs=int(config.get("max_num_seqs", 256)), colocated=colocated)
+        for key, label in VALIDATED_KEYS:
+            measured, predicted = run.get(key), sim.get(key)
+            if measured is None or predicted is None:
+                continue
+            rows.append({"mode": mode, "k": None if mode == "ar" else sim.get(
+                "num_speculative_tokens"), "request_rate": rate, "metric": label,
+                         "measured": measured, "simulated": predicted,
+                         "error": (predicted - measured) / measured})
+    return rows
+
+
+def _same_cores(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return True
+    try:
+        from minedraft.core.cores import parse_cores
+        return set(parse_cores(str(a))) == set(parse_cores(str(b)))
+    except ValueError:  # cores this machine does not have: compare the text
+        return str(a) == str(b)
+
+
+def format_validation(rows: list[dict], tolerance: float = 0.10) -> str:
+    lines = ["| mode | k | request rate | metric | bench | simulated | error |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flag = "" if abs(r["error"]) <= tolerance else " (outside 10%)"
+        lines.append(f"| {r['mode']} | {r.get('k') or '-'} | {r['request_rate']:g} | {r['metric']} | "
+                     f"{r['measured']:.1f} | {r['simulated']:.1f} | "
+                     f"{100 * r['error']:+.1f}%{flag} |")
+    return "\n".join(lines)

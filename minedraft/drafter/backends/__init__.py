@@ -1,0 +1,1 @@
+"""What runs the draft model inside the drafter process (see minedraft.drafter.server)."""

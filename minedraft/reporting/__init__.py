@@ -1,0 +1,2 @@
+"""Reporting: result tables (`tables`), PNG plots (`plots`), bench sweeps with their Markdown
+report (`report`)."""

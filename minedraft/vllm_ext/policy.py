@@ -1,0 +1,30 @@
+"""What each step does with drafts: the fixed modes, and `auto`'s choice per step.
+
+A policy answers `choose(n_decoding) -> (kind, k)` before each step (kind: "psd", "sequential"
+or "none", see minedraft.core.subbatch) and is told what happened after it (`observe`).
+"""
+
+from __future__ import annotations
+
+from minedraft.core.trace import StepRecord
+
+
+class FixedPolicy:
+    """psd or sd-ext: the same kind and k every step."""
+
+    def __init__(self, kind: str, k: int):
+        self.kind, self.k = kind, k
+
+    def choose(self, n_decoding: int) -> tuple[str, int]:
+        return self.kind, self.k
+
+    def observe(self, record: StepRecord, drafts: list[tuple[int, int]]) -> None:
+        """`drafts`: (draft tokens, accepted tokens) of each request verified with drafts."""
+
+
+def make_policy(settings, k_max: int):
+    """The policy of a PSDSettings' mode, drafting at most `k_max` tokens per request."""
+    if settings.mode == "auto":
+        from minedraft.vllm_ext.auto import AutoPolicy
+        return AutoPolicy.from_settings(settings, k_max)
+    return FixedPolicy("psd" if settings.mode == "psd" else "sequential", k_max)

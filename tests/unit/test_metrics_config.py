@@ -1,0 +1,94 @@
+import math
+
+import pytest
+
+from minedraft.bench.metrics import median_of_runs, serving_metrics
+from minedraft.bench.runner import RequestResult, arrival_offsets
+from minedraft.core.cores import parse_cores
+from minedraft.core.errors import ConfigError
+from minedraft.runtime.config import EngineConfig
+
+
+def test_arrivals_all_at_once_and_poisson():
+    assert arrival_offsets(5, math.inf, 0) == [0.0] * 5
+    offsets = arrival_offsets(4000, 10.0, 1)
+    gaps = [b - a for a, b in zip(offsets, offsets[1:])]
+    assert offsets == sorted(offsets) and offsets == arrival_offsets(4000, 10.0, 1)
+    assert abs(sum(gaps) / len(gaps) - 0.1) < 0.01  # mean gap = 1 / rate
+
+
+def test_serving_metrics_worked_example():
+    # Request 0: submitted at 0, first token at 0.1 s, 5 tokens by 0.5 s -> TPOT 100 ms.
+    # Request 1: submitted at 1, first token at 1.3 s, 3 tokens by 1.5 s -> TPOT 100 ms.
+    r0 = RequestResult(0, 10, [1] * 5, submit_time=0.0, first_token_time=0.1, finish_time=0.5)
+    r1 = RequestResult(1, 20, [1] * 3, submit_time=1.0, first_token_time=1.3, finish_time=1.5)
+    m = serving_metrics([r0, r1], duration_s=2.0)
+    assert m["num_requests"] == 2 and m["total_output_tokens"] == 8
+    assert m["output_throughput_tok_s"] == pytest.approx(4.0)
+    assert m["request_throughput_req_s"] == pytest.approx(1.0)
+    assert m["mean_ttft_ms"] == pytest.approx(200.0)
+    assert m["mean_tpot_ms"] == pytest.approx(100.0)
+    assert m["mean_e2el_ms"] == pytest.approx(500.0)
+    assert m["p50_e2el_ms"] == pytest.approx(500.0)
+    assert m["p99_e2el_ms"] == pytest.approx(500.0)
+
+
+def test_median_of_runs():
+    runs = [{"mode": "ar", "x": 1.0}, {"mode": "ar", "x": 5.0}, {"mode": "ar", "x": 2.0}]
+    assert median_of_runs(runs) == {"mode": "ar", "x": 2.0}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mode": "fast"}, "unknown mode"),
+    ({"num_speculative_tokens": 0}, ">= 1"),
+    ({"mode": "sd", "draft_cores": "1"}, "sd-ext, psd and auto only"),
+    ({"mode": "psd", "target_cores": "0-1", "draft_cores": "1"}, "overlap"),
+    ({"target_cores": "a-b"}, "bad core list"),
+])
+def test_bad_config_is_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig(**kwargs).validate()
+
+
+def test_parse_cores():
+    assert parse_cores("0") == [0]
+    assert parse_cores("all") == sorted(parse_cores("all"))
+
+
+# --------------------------------------------------------------------------- PSD settings
+
+def test_bad_psd_settings_are_refused(tiny_drafter_dir, tmp_path):
+    from minedraft.models import ModelError
+    from minedraft.vllm_ext.settings import PSDSettings
+
+    def settings(bind, **extra):
+        return PSDSettings.from_dict(extra, target_bind=bind)
+
+    with pytest.raises(ConfigError, match="unknown minedraft settings"):
+        settings("0", draft=str(tiny_drafter_dir), speed="max")
+    with pytest.raises(ConfigError, match="needs additional_config.minedraft.draft"):
+        settings("0")
+    with pytest.raises(ModelError, match="model not found|config.json"):
+        settings("0", draft=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="overlap the target"):
+        settings("0,1", draft=str(tiny_drafter_dir), draft_cores="1")
+    with pytest.raises(ConfigError, match="mode must be"):
+        settings("0", draft=str(tiny_drafter_dir), mode="fast")
+    with pytest.raises(ConfigError, match="draft_address must be"):
+        settings("0", draft_address="localhost:5599")
+    ok = settings("0", draft=str(tiny_drafter_dir), draft_cores="1")
+    assert ok.overlap and ok.draft_cores == "1" and ok.backend == "lean"
+    shared = settings("0|1", draft=str(tiny_drafter_dir), draft_cores="1", shared_cores=True)
+    assert shared.shared_cores
+    assert settings("0", draft_address="tcp://10.0.0.2:5599").draft == ""
+    assert settings("0", draft=str(tiny_drafter_dir), draft_gpu="4").backend == "vllm"
+
+
+def test_vocabulary_fingerprint_tells_tokenizers_apart(tokenizer):
+    from transformers import AutoTokenizer
+
+    from minedraft.core.messages import vocab_fingerprint
+    assert vocab_fingerprint(tokenizer) == vocab_fingerprint(tokenizer)
+    other = AutoTokenizer.from_pretrained(str(tokenizer.name_or_path))
+    other.add_tokens(["<minedraft-extra>"])
+    assert vocab_fingerprint(other) != vocab_fingerprint(tokenizer)

@@ -1,0 +1,217 @@
+"""The PSD step logic (minedraft.vllm_ext.step) on a stub vLLM scheduler and a fake drafter over a
+real ZeroMQ socket: exactness, which drafts reach which request, balance, caps and order,
+preemption and aborts, the trace. No vLLM engine, a few seconds in all."""
+
+from __future__ import annotations
+
+import random
+import time
+import types
+
+import pytest
+from stubs import (FakeDrafter, FakeTokenizer, StubRequest, StubScheduler, ar_output,
+                   fake_draft, vllm_config)
+
+from minedraft.core.messages import vocab_fingerprint
+from minedraft.core.trace import read_trace
+from minedraft.vllm_ext.step import PSDSchedulerMixin
+
+
+class StubPSD(PSDSchedulerMixin, StubScheduler):
+    @staticmethod
+    def _draft_token_ids(req_ids, draft_token_ids):
+        return types.SimpleNamespace(req_ids=req_ids, draft_token_ids=draft_token_ids)
+
+    def _target_vocab(self):
+        return vocab_fingerprint(FakeTokenizer())
+
+
+@pytest.fixture
+def drafter():
+    d = FakeDrafter()
+    yield d
+    d.stop()
+
+
+def make(drafter, tmp_path, mode="psd", k=3, **extra):
+    return StubPSD(vllm_config(k=k, mode=mode, draft_address=drafter.address,
+                               trace_path=str(tmp_path / "trace.jsonl"), drafter_timeout_s=5,
+                               **extra))
+
+
+def prompts(n, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(97) for _ in range(rng.randrange(3, 12))] for _ in range(n)]
+
+
+def run(sched, reqs, on_step=None, max_steps=2000):
+    """Add `reqs` (StubRequests) and step until every request finished."""
+    for r in reqs:
+        sched.add_request(r)
+    steps = 0
+    while sched.has_unfinished_requests():
+        out = sched.schedule()
+        sched.update_from_output(out, types.SimpleNamespace())
+        steps += 1
+        if on_step is not None:
+            on_step(sched, steps)
+        assert steps < max_steps, "requests never finished"
+    return steps
+
+
+def check_drafts_fresh(sched, k):
+    """Every verified draft is what the drafter makes from that request's current state."""
+    assert sched.verified, "nothing was verified with drafts"
+    for rid, state, drafts in sched.verified:
+        request = sched.requests[rid]
+        room = request.max_tokens - (len(state) - len(request.prompt_token_ids)) - 1
+        assert drafts == fake_draft(state, k)[:max(0, min(k, room))], rid
+
+
+@pytest.mark.parametrize("mode", ["psd", "sd-ext"])
+def test_outputs_equal_the_target_and_drafts_are_fresh(drafter, tmp_path, mode):
+    sched = make(drafter, tmp_path, mode)
+    ps = prompts(12)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=20 + i) for i, p in enumerate(ps)]
+    run(sched, reqs)
+    for r, p in zip(reqs, ps):
+        assert r.output_token_ids == ar_output(p, r.max_tokens)
+    check_drafts_fresh(sched, 3)
+    records = read_trace(str(tmp_path / "trace.jsonl"))
+    accepted = sum(rec.accepted_tokens for rec in records)
+    drafted = sum(rec.drafted_tokens for rec in records)
+    assert 0.4 < accepted / drafted < 0.95  # the fake drafter is wrong at a quarter of positions
+    if mode == "psd":
+        psd_steps = [rec for rec in records if rec.kind == "psd"]
+        assert len(psd_steps) > 0.7 * sum(1 for rec in records if rec.verify)
+        for rec in psd_steps:  # each step verifies about half of the decoding requests
+            decoding = rec.verify + rec.draft + rec.held
+            assert rec.verify <= decoding // 2 + 1, rec
+    else:
+        assert all(rec.kind != "psd" for rec in records)
+
+
+def test_verified_requests_are_hidden_from_nobody_and_others_are(drafter, tmp_path):
+    """The parent's schedule() sees exactly the planned requests, with its caps lowered by the
+    hidden ones, and afterwards the caps and vLLM's running order are restored."""
+    sched = make(drafter, tmp_path)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=30) for i, p in enumerate(prompts(8))]
+    seen = []
+
+    def on_step(s, n):
+        seen.append((list(s.caps_seen[-1]), [r.request_id for r in s.running]))
+
+    run(sched, reqs[:8], on_step)
+    assert (sched.max_num_running_reqs, sched.max_num_active_reqs) == (64, 64)
+    assert any(caps[0] < 64 for caps, _ in seen), "nothing was ever hidden"
+    for _, order in seen:  # running order stays arrival order (vLLM's FCFS)
+        assert order == sorted(order, key=lambda rid: int(rid[1:]))
+
+
+def test_admission_counts_hidden_requests(drafter, tmp_path):
+    """Hidden requests keep their slots: with max_num_seqs 4 and 6 requests, at most 4 run."""
+    sched = StubPSD(vllm_config(k=2, mode="psd", draft_address=drafter.address,
+                                drafter_timeout_s=5))
+    sched.max_num_running_reqs = sched.max_num_active_reqs = 4
+    reqs = [StubRequest(f"r{i}", p, max_tokens=12) for i, p in enumerate(prompts(6))]
+    most = []
+    run(sched, reqs, lambda s, n: most.append(len(s.running)))
+    assert max(most) <= 4
+    for r, p in zip(reqs, prompts(6)):
+        assert r.output_token_ids == ar_output(p, 12)
+
+
+def test_preempted_requests_keep_their_history_finished_ones_are_freed(drafter, tmp_path):
+    sched = make(drafter, tmp_path)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=25) for i, p in enumerate(prompts(6))]
+
+    def on_step(s, n):
+        if n in (5, 11):
+            s.preempt_next = 2
+
+    run(sched, reqs, on_step)
+    for r, p in zip(reqs, prompts(6)):
+        assert r.output_token_ids == ar_output(p, 25)
+    check_drafts_fresh(sched, 3)
+    assert sched.sent_len == {}  # everything finished: nothing left to free
+    # the frees reach the drafter with the next round
+    sched.schedule()
+    run(sched, [StubRequest("late", [1, 2, 3], max_tokens=4)])
+    assert {f"r{i}" for i in range(6)} <= set(drafter.backend.freed)
+
+
+def test_request_aborted_while_waiting_after_preemption_is_freed(drafter, tmp_path):
+    sched = make(drafter, tmp_path)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=40) for i, p in enumerate(prompts(4))]
+    aborted = []
+
+    def on_step(s, n):
+        if n == 6:
+            s.preempt_next = 1  # the last running request goes back to waiting
+        if n == 7 and not aborted:
+            victim = s.waiting[0]
+            assert victim.request_id in s.sent_len  # the drafter has its history
+            s.finish_requests(victim.request_id)
+            aborted.append(victim.request_id)
+
+    run(sched, reqs, on_step)
+    assert aborted and aborted[0] not in sched.sent_len
+    run(sched, [StubRequest("late", [5, 6, 7], max_tokens=4)])  # carries the frees
+    assert aborted[0] in drafter.backend.freed
+
+
+def test_trace_has_every_step_when_the_engine_goes_idle(drafter, tmp_path):
+    sched = make(drafter, tmp_path)
+    steps = run(sched, [StubRequest("a", [1, 2, 3], max_tokens=9),
+                        StubRequest("b", [4, 5], max_tokens=9)])
+    records = read_trace(str(tmp_path / "trace.jsonl"))
+    assert len(records) == steps  # the last step too, without another schedule()
+    assert [r.step for r in records] == list(range(steps))
+    assert all(r.step_ms > 0 and r.verify_ms is not None for r in records)
+    assert all(r.draft_ms is not None for r in records if r.draft or r.catch_up)
+
+
+def test_seeded_requests_see_the_same_drafts_whatever_runs_beside_them(drafter, tmp_path):
+    """vLLM draws a seeded request's random numbers per draft position; its drafts at every
+    verification must therefore depend on its own history only."""
+    sched = make(drafter, tmp_path)
+    alone = StubRequest("x", [3, 1, 4, 1, 5], max_tokens=30)
+    run(sched, [alone])
+    mine = [(s, d) for rid, s, d in sched.verified if rid == "x"]
+    for seed in range(3):
+        sched = make(drafter, tmp_path)
+        others = [StubRequest(f"o{i}", p, max_tokens=10 + 7 * i)
+                  for i, p in enumerate(prompts(5, seed))]
+        crowd = StubRequest("x", [3, 1, 4, 1, 5], max_tokens=30)
+
+        def arrive(s, n, pending=list(others[1:])):
+            if pending and n % 3 == 0:
+                s.add_request(pending.pop())
+            if n == 8:
+                s.preempt_next = 1
+
+        run(sched, [crowd, others[0]], arrive)
+        assert [(s, d) for rid, s, d in sched.verified if rid == "x"] == mine
+
+
+def test_drafter_down_serves_without_drafts_and_comes_back(drafter, tmp_path):
+    sched = make(drafter, tmp_path, restart_drafter=True)
+    sched.drafter.opt.backoff_s = (0.0, 0.0)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=30) for i, p in enumerate(prompts(4))]
+    broken = []
+
+    def on_step(s, n):
+        if n == 5:
+            s._drafter_failed(RuntimeError("test: drafter lost"))
+            broken.append(n)
+        time.sleep(0.003)  # steps as slow as a tiny model's, so the drafter can answer
+
+    run(sched, reqs, on_step)
+    for r, p in zip(reqs, prompts(4)):
+        assert r.output_token_ids == ar_output(p, 30)
+    records = read_trace(str(tmp_path / "trace.jsonl"))
+    up = [r.drafter_up for r in records]
+    assert False in up and up[-1]
+    back = up.index(False) + up[up.index(False):].index(True)
+    assert sum(r.accepted_tokens for r in records[back:]) > 0  # speculation resumed
+    assert records[-1].restarts == 1
