@@ -37,38 +37,56 @@ def build_parser() -> Parser:
 
 
 def quiet_vllm() -> Path:
-    """Send the logs of vLLM (and of MineDraft's code inside vLLM's processes) to a file, for
-    this process and the processes it starts; returns the file."""
+    """Keep vLLM out of the terminal: everything written to this process's file descriptors 1
+    and 2 below Python (C++ warnings, vLLM's processes, which inherit them) goes to a log file,
+    and so do the logs of vLLM and of MineDraft's code inside vLLM's processes. `sys.stdout` and
+    `sys.stderr` keep the terminal for MineDraft's own output. Returns the log file."""
+    import logging.config
+    import warnings
+
     folder = Path(tempfile.gettempdir()) / "minedraft-logs"
     folder.mkdir(exist_ok=True)
-    log = folder / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    log = folder / f"vllm-{stamp}.log"
     config = {
         "version": 1, "disable_existing_loggers": False,
         "formatters": {"plain": {"format": "%(levelname)s %(asctime)s %(process)d "
                                            "%(name)s: %(message)s"}},
         "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log),
-                              "formatter": "plain", "delay": True}},
+                              "formatter": "plain"}},
         "loggers": {name: {"handlers": ["file"], "level": "INFO", "propagate": False}
-                    for name in ("vllm", "minedraft", "transformers")},
+                    for name in ("vllm", "minedraft.scheduler", "minedraft.drafter",
+                                 "transformers")},
     }
-    path = folder / f"logging-{os.getpid()}.json"
+    logging.config.dictConfig(config)
+    path = folder / f"logging-{stamp}.json"
     path.write_text(json.dumps(config))
-    os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(path))
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(path)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # vLLM's processes inherit it
-    import warnings
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.simplefilter("ignore")
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    terminal_out, terminal_err = os.dup(1), os.dup(2)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = os.fdopen(terminal_out, "w", buffering=1, encoding="utf-8")
+    sys.stderr = os.fdopen(terminal_err, "w", buffering=1, encoding="utf-8")
     return log
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     log = None
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    else:
+    # `serve` becomes vLLM's server, whose logs are its output; --verbose shows everything
+    if not args.verbose and args.command != "serve":
         log = quiet_vllm()
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     commands = {name: cmd for group in GROUPS for name, cmd in group.COMMANDS.items()}
     try:
         commands[args.command](args)

@@ -211,24 +211,42 @@ def add_engine_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None 
             g.add_argument(*flags, **kwargs)
 
 
-def engine_config(args, mode: str, target_cores: str | None = None,
-                  k: int | None = None) -> EngineConfig:
-    """The validated EngineConfig of `mode` from parsed engine options (options a command does
-    not have take their defaults; speculative-only options are dropped for ar, sd)."""
-    fields = {dest: getattr(args, dest) for dest in ENGINE_OPTIONS if hasattr(args, dest)}
-    fields["mode"] = mode
-    if target_cores:
-        fields["target_cores"] = target_cores
-    if k:
-        fields["num_speculative_tokens"] = k
-    if mode not in ("sd-ext", "psd", "auto"):
-        for dest in ("draft_cores", "trace_path", "draft_gpu", "draft_address",
-                     "draft_backend", "auto_profile"):
-            fields.pop(dest, None)
-        fields.pop("shared_cores", None)
-    elif mode != "auto":
-        fields.pop("auto_profile", None)
-    return EngineConfig(**fields).validate()
+EXTERNAL_ONLY = ("draft_cores", "shared_cores", "draft_backend", "draft_address", "draft_gpu",
+                 "auto_profile", "trace_path")  # options of the modes with a drafter process
+
+
+def engine_configs(args, runs: list[ModeRun]) -> list[EngineConfig]:
+    """The validated EngineConfig of each run from parsed engine options. Options of the modes
+    with a drafter process go to those runs only, and are refused when no run has one."""
+    modes = {run.mode for run in runs}
+    given = [ENGINE_OPTIONS[d][0][0] for d in EXTERNAL_ONLY if getattr(args, d, None)]
+    if given and not modes & {"sd-ext", "psd", "auto"}:
+        raise UserError(f"{', '.join(given)} apply to sd-ext, psd and auto only (vLLM's sd "
+                        "runs the drafter on the target's devices)")
+    if getattr(args, "auto_profile", None) and "auto" not in modes:
+        raise UserError("--auto-profile applies to --mode auto only")
+    configs = []
+    for run in runs:
+        fields = {dest: getattr(args, dest) for dest in ENGINE_OPTIONS if hasattr(args, dest)}
+        fields["mode"] = run.mode
+        if run.cores:
+            fields["target_cores"] = run.cores
+        if run.k:
+            fields["num_speculative_tokens"] = run.k
+        if run.mode not in ("sd-ext", "psd", "auto"):
+            for dest in EXTERNAL_ONLY:
+                fields.pop(dest, None)
+        elif run.mode != "auto":
+            fields.pop("auto_profile", None)
+        configs.append(EngineConfig(**fields))
+    for config in configs:
+        config.validate()
+    return configs
+
+
+def engine_config(args, mode: str, target_cores: str | None = None) -> EngineConfig:
+    """The validated EngineConfig of one mode (see engine_configs)."""
+    return engine_configs(args, [ModeRun(mode, target_cores, None)])[0]
 
 
 # --------------------------------------------------------------------------- files

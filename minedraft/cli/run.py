@@ -11,8 +11,8 @@ from pathlib import Path
 
 from minedraft import models
 from minedraft.cli.options import (ModeRun, Parser, UserError, add_engine_options, engine_config,
-                                   input_file, mode_list, non_negative_float, output_file,
-                                   positive_int, request_rate, single_mode)
+                                   engine_configs, input_file, mode_list, non_negative_float,
+                                   output_file, positive_int, request_rate, single_mode)
 from minedraft.runtime.config import ALL_MODES, EXTERNAL_DRAFTER_MODES
 
 
@@ -179,7 +179,7 @@ def cmd_bench(args) -> None:
     from minedraft.runtime.api import benchmark
     from minedraft.runtime.engine import Engine
 
-    configs = [engine_config(args, run.mode, run.cores, run.k) for run in args.mode]
+    configs = engine_configs(args, args.mode)
     requests = bench_requests(args)
     results = []
     for config in configs:

@@ -9,9 +9,10 @@ from minedraft.cli.main import build_parser
 from minedraft.cli.options import mode_list
 
 
-def run_cli(*args, timeout=300):
+def run_cli(*args, timeout=300, env=None):
+    import os
     return subprocess.run([sys.executable, "-m", "minedraft", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("args, message", [
@@ -28,13 +29,49 @@ def run_cli(*args, timeout=300):
     (["generate", "--prompts-file", "/no/such.jsonl", "--output", "o.jsonl"],
      "prompts file not found"),
     (["generate", "--mode", "ar,sd", "--prompts-file", "x", "--output", "o"], "one mode"),
+    (["generate", "--prompts-file", __file__, "--output", "/no/such/dir/o.jsonl"],
+     "folder /no/such/dir does not exist"),
+    (["bench", "--num-prompts", "1", "--json", "/no/such/dir/r.json"], "does not exist"),
+    (["bench", "--mode", "psd", "--target-cores", "all"], "cores of its own"),
+    (["bench", "--mode", "sd", "--draft-cores", "1"], "apply to sd-ext, psd and auto only"),
+    (["bench", "--mode", "psd", "--draft", "/no/such/drafter"], "model not found"),
+    (["bench", "--mode", "psd", "--draft-address", "localhost:1"], "draft_address must be"),
+    (["bench", "--mode", "psd", "--target-cores", "0", "--draft-cores", "0"],
+     "overlap the target"),
+    (["bench", "--target-cores", "0|1"], "core groups for 1 workers"),
+    (["serve", "--mode", "turbo"], "unknown mode"),
+    (["serve", "--port", "x"], "expected a positive integer"),
+    (["serve", "--mode", "psd", "--draft", "/no/such/drafter"], "model not found"),
+    (["models", "prepare", "no-such-model"], "unknown bundled model"),
+    (["distill", "--out", "/no/such/x", "--target", "/no/such/model"], "model not found"),
+    (["distill", "--out", __file__], "is a file"),
+    (["distill", "--out", "d", "--soft-top-k", "30"], "--soft-top-k"),
+    (["evaluate-drafter", "--draft", "/no/such/drafter"], "model not found"),
+    (["evaluate-drafter", "--json", "/no/such/dir/e.json"], "does not exist"),
+    (["profile", "--out", "p.json", "--target-cores", "0", "--draft-cores", "0"],
+     "overlap the target"),
+    (["profile", "--out", "/no/such/dir/p.json"], "does not exist"),
+    (["simulate", "--profile", "/no/such/profile.json"], "profile file not found"),
+    (["report", "--run", "--mode", "psd", "--target-cores", "all", "--out", "r"],
+     "cores of its own"),
+    (["advise", "--alpha", "0.5"], "required"),
 ])
-def test_invalid_values_exit_with_one_line(args, message):
-    proc = run_cli(*args)
-    assert proc.returncode != 0
+def test_invalid_values_exit_2_with_one_line_before_any_work(args, message, tmp_path):
+    """Every command checks its arguments first: on a machine with no model cache a bad value
+    prints one line, exits with status 2, and prepares nothing."""
+    cache = tmp_path / "cache"
+    proc = run_cli(*args, env={"MINEDRAFT_CACHE": str(cache)})
+    assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (cache / "models").exists() or not any((cache / "models").iterdir())
+
+
+def test_verbose_shows_the_traceback_and_cause():
+    proc = run_cli("-v", "bench", "--target", "/no/such/model")
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and "model not found" in proc.stderr
 
 
 def _all_parsers(parser):
@@ -61,7 +98,8 @@ def test_every_option_is_explained():
 
 
 @pytest.mark.parametrize("command", [[], ["models"], ["models", "prepare"], ["generate"],
-                                     ["bench"]])
+                                     ["bench"], ["serve"], ["distill"], ["evaluate-drafter"],
+                                     ["advise"], ["profile"], ["simulate"], ["report"]])
 def test_help_runs(command):
     proc = run_cli(*command, "--help")
     assert proc.returncode == 0 and "usage:" in proc.stdout
@@ -70,32 +108,3 @@ def test_help_runs(command):
 def test_models_list_shows_the_target(target_dir):
     proc = run_cli("models", "list")
     assert proc.returncode == 0 and str(target_dir) in proc.stdout and "prepared" in proc.stdout
-
-
-def test_generate_and_bench_end_to_end(tmp_path, target_dir):
-    """The CLI contract used by outside scripts: one engine start for generate, one for bench."""
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text('{"prompt": "The capital of France is"}\n'
-                       '{"messages": [{"role": "user", "content": "Say hi"}]}\n')
-    out = tmp_path / "out.jsonl"
-    proc = run_cli("generate", "--mode", "ar", "--prompts-file", str(prompts), "--max-tokens", "8",
-                   "--temperature", "0", "--seed", "0", "--dtype", "float32", "--enforce-eager",
-                   "--kv-cache-gib", "1", "--max-model-len", "512", "--output", str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 2
-    assert all({"prompt", "text", "token_ids"} <= row.keys() and row["token_ids"] for row in rows)
-
-    js = tmp_path / "bench.json"
-    proc = run_cli("bench", "--mode", "ar", "--dataset", "random", "--input-len", "16",
-                   "--num-prompts", "4", "--output-len", "8", "--request-rate", "50",
-                   "--max-concurrency", "2", "--enforce-eager", "--kv-cache-gib", "1",
-                   "--max-model-len", "512", "--no-progress", "--json", str(js))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "out tok/s" in proc.stdout
-    doc = json.loads(js.read_text())
-    for key in ("mode", "num_requests", "output_throughput_tok_s", "request_throughput_req_s",
-                "mean_ttft_ms", "mean_tpot_ms", "mean_e2el_ms", "p50_e2el_ms", "p99_e2el_ms",
-                "duration_s", "hardware", "versions", "command"):
-        assert key in doc, key
-    assert doc["mode"] == "ar" and doc["num_requests"] == 4 and doc["total_output_tokens"] == 32
