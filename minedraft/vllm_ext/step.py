@@ -78,7 +78,9 @@ class PSDSchedulerMixin:
         self.drafter = DrafterSupervisor(DrafterOptions(
             command=command, address=s.draft_address, log_path=s.drafter_log, gpu=s.draft_gpu,
             timeout_s=s.drafter_timeout_s, start_timeout_s=s.drafter_start_timeout_s,
-            restart=s.restart_drafter), target_vocab=self._target_vocab())
+            restart=s.restart_drafter, backoff_s=(min(1.0, s.drafter_retry_max_s),
+                                                  s.drafter_retry_max_s)),
+            target_vocab=self._target_vocab())
         try:
             self.drafter.start(wait=True)
         except DrafterDown as exc:
