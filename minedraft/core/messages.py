@@ -5,7 +5,7 @@ drafter may run on another host. The channel is not authenticated: bind it to lo
 private interface.
 
     Hello                      -> HelloReply (vocabulary fingerprint, drafter instance id)
-    Draft(k, reqs, free)       -> DraftReply (k greedy draft ids per request)
+    Draft(k, reqs, free, ingest) -> DraftReply (k greedy draft ids per request not ingested)
     Stop                       -> StopReply
     anything malformed         -> ErrorReply
 
@@ -35,6 +35,7 @@ class Draft(msgspec.Struct, tag="draft"):
     k: int  # draft tokens per request
     reqs: dict[str, Tokens]  # request id -> newly verified tokens
     free: list[str] = []  # request ids the drafter may forget (finished or aborted)
+    ingest: list[str] = []  # ids in `reqs` to take in (prefill) without drafting: new prompts
 
 
 class Stop(msgspec.Struct, tag="stop"):

@@ -42,11 +42,12 @@ class StepRecord(msgspec.Struct, omit_defaults=True):
     verify_start_s: float | None = None
     verify_ms: float | None = None  # the target's forward + sampling (schedule end -> update)
     sched_ms: float = 0.0  # inside schedule() (MineDraft's step logic and vLLM's scheduler)
+    parent_ms: float = 0.0  # of which vLLM's own schedule()
     update_ms: float = 0.0  # inside update_from_output()
-    send_s: float | None = None  # when the round of this step was sent
-    draft_ms: float | None = None  # the drafter's wall time for that round (its own clock)
+    send_s: float | None = None  # when the round drafting for this step was sent
+    draft_ms: float | None = None  # the drafter's wall time for the rounds this step sent
     forward_ms: float | None = None  # of which its model's forward passes
-    wait_ms: float = 0.0  # the scheduler blocked for drafts (catch-up or overlapped round)
+    wait_ms: float = 0.0  # this step's schedule() blocked for drafts (last round or catch-up)
     drafter_holds: int | None = None  # request histories the drafter held after that round
 
 
@@ -113,13 +114,19 @@ class TraceTail:
 
 def trace_metrics(records: list[StepRecord]) -> dict:
     """Summary of the steps that verified something: mean draft, verify and step times (ms),
-    overlap efficiency (mean of `overlap_efficiency` per step), share of overlapped steps,
-    requests verified per step, largest sub-batch imbalance, drafter restarts, steps per kind."""
+    overlap efficiency, share of overlapped steps, requests verified per step, largest sub-batch
+    imbalance, drafter restarts, steps per kind and per k.
+
+    overlap_efficiency: over the overlapped (psd) steps, total max(draft, verify) / total step
+    time, the share of wall time the slower half of each step accounts for (a ratio of sums, so
+    a step that waits for the previous step's slow round does not count against itself);
+    overlap_efficiency_per_step: the mean of the per-step ratio over every verifying step."""
     steps = [r for r in records if r.verify and r.step_ms and r.verify_ms is not None]
     if not steps:
         return {}
     drafted = [r for r in steps if r.draft_ms is not None]
     forwards = [r for r in drafted if r.forward_ms is not None]
+    psd = [r for r in steps if r.kind == "psd"]
     return {
         "num_steps": len(steps),
         "mean_draft_ms": statistics.fmean(r.draft_ms for r in drafted) if drafted else 0.0,
@@ -129,10 +136,14 @@ def trace_metrics(records: list[StepRecord]) -> dict:
         "mean_step_ms": statistics.fmean(r.step_ms for r in steps),
         "mean_max_draft_verify_ms": statistics.fmean(
             max(r.draft_ms or 0.0, r.verify_ms) for r in steps),
-        "overlap_efficiency": statistics.fmean(overlap_efficiency(r) for r in steps),
+        "overlap_efficiency": sum(max(r.draft_ms or 0.0, r.verify_ms) for r in psd)
+        / sum(r.step_ms for r in psd) if psd else 0.0,
+        "overlap_efficiency_per_step": statistics.fmean(overlap_efficiency(r) for r in steps),
         "overlapped_step_share": sum(r.overlapped for r in steps) / len(steps),
         "mean_verified_per_step": statistics.fmean(r.verify for r in steps),
         "max_side_imbalance": max(abs(r.sides[0] - r.sides[1]) for r in steps),
         "drafter_restarts": max(r.restarts for r in records),
         "steps_per_kind": {kind: sum(r.kind == kind for r in steps) for kind in STEP_KINDS},
+        "steps_per_k": {str(k): sum(r.k == k for r in steps)
+                        for k in sorted({r.k for r in steps})},
     }

@@ -78,11 +78,13 @@ class DrafterProcess:
 
 def drafter_command(model: str, address: str, *, cores: str = "all", dtype: str = "bfloat16",
                     max_model_len: int = 2048, backend: str = "lean",
-                    enforce_eager: bool = False) -> list[str]:
+                    enforce_eager: bool = False, quantization: str | None = None) -> list[str]:
     """The command line that starts a drafter listening on `address`."""
     cmd = [sys.executable, "-m", "minedraft.drafter", "--model", model, "--bind", address,
            "--cores", cores, "--dtype", dtype, "--max-model-len", str(max_model_len),
            "--backend", backend]
+    if quantization:
+        cmd += ["--quantization", quantization]
     return cmd + (["--enforce-eager"] if enforce_eager else [])
 
 
@@ -112,6 +114,25 @@ def kill_process_group(process: subprocess.Popen) -> None:
         logger.error("drafter process %d did not die after SIGKILL", process.pid)
 
 
+_CONTEXT = None
+
+
+def _zmq_context():
+    """One ZeroMQ context for drafter channels, whose I/O thread may run on any core.
+
+    ZeroMQ moves bytes in a thread of its own, which inherits the affinity of the thread that
+    creates it. In vLLM's engine core that is the target's core, busy with the forward pass
+    that starts right after a round is sent: the round then waits for a time slice (~10 ms
+    measured). Allowed on every core, the I/O thread runs where the (idle) drafter is."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        import zmq
+        _CONTEXT = zmq.Context(io_threads=1)
+        for core in range(os.cpu_count() or 1):
+            _CONTEXT.set(zmq.THREAD_AFFINITY_CPU_ADD, core)
+    return _CONTEXT
+
+
 class DrafterClient:
     """One connection to a drafter (REQ socket; one message out at a time)."""
 
@@ -122,7 +143,7 @@ class DrafterClient:
         self.process = process  # None when the operator runs the drafter elsewhere
         self.timeout_s = timeout_s
         self.in_flight = False
-        self._sock = zmq.Context.instance().socket(zmq.REQ)
+        self._sock = _zmq_context().socket(zmq.REQ)
         self._sock.connect(address)
 
     def _check_alive(self) -> None:

@@ -32,9 +32,10 @@ class DraftServer:
     """Histories by request id, and one backend that drafts from them.
 
     `backend` has `name`, `tokenizer`, `max_model_len`, `free(rids)`, `shutdown()` and
-    `draft(seqs, k) -> (drafts, forwards, forward_ms)`: seqs maps a request id to its full token
-    sequence, drafts a request id to up to k greedy ids; forwards counts the model's forward
-    passes in the round and forward_ms their time."""
+    `draft(seqs, k, ingest) -> (drafts, forwards, forward_ms)`: seqs maps a request id to its
+    full token sequence, drafts a request id to up to k greedy ids (none for the ids in `ingest`,
+    which are only taken in); forwards counts the model's forward passes in the round and
+    forward_ms their time."""
 
     def __init__(self, backend):
         self.backend = backend
@@ -54,6 +55,7 @@ class DraftServer:
             self.history.pop(rid, None)
         self.backend.free(msg.free)
         seqs, resync, drafts = {}, [], {}
+        ingest = set(msg.ingest)
         for rid, tokens in msg.reqs.items():
             hist = self.history.get(rid, [])
             if tokens.start > len(hist):  # we lack the tokens before `start`
@@ -63,13 +65,14 @@ class DraftServer:
             hist = hist[:tokens.start] + tokens.ids
             self.history[rid] = hist
             if not hist or len(hist) + msg.k > self.backend.max_model_len:
-                drafts[rid] = []  # nothing to draft from, or no room left
+                if rid not in ingest:
+                    drafts[rid] = []  # nothing to draft from, or no room left
             else:
                 seqs[rid] = hist
         forwards = 0
         forward_ms = 0.0
         if seqs:
-            out, forwards, forward_ms = self.backend.draft(seqs, msg.k)
+            out, forwards, forward_ms = self.backend.draft(seqs, msg.k, ingest & set(seqs))
             drafts.update(out)
         return m.DraftReply(drafts=drafts, draft_ms=1000 * (time.perf_counter() - t0),
                             forward_ms=forward_ms, forwards=forwards, resync=resync,
@@ -115,12 +118,16 @@ def pin_process(cores: str) -> list[int]:
 
 
 def make_backend(name: str, model: str, cores: str, dtype: str, max_model_len: int,
-                 kv_cache_gib: int, enforce_eager: bool, max_num_seqs: int):
+                 kv_cache_gib: int, enforce_eager: bool, max_num_seqs: int,
+                 quantization: str | None = None):
     """The backend `name` ("lean": PyTorch runner in this process; "vllm": a vLLM engine)."""
     if name == "lean":
         from minedraft.drafter.backends.lean import LeanBackend
         return LeanBackend(model, dtype=dtype, max_model_len=max_model_len,
-                           num_threads=len(pin_process(cores)), max_num_seqs=max_num_seqs)
+                           num_threads=len(pin_process(cores)), max_num_seqs=max_num_seqs,
+                           quantization=quantization)
+    if quantization:
+        raise ValueError("--quantization applies to the lean backend only")
     from minedraft.drafter.backends.vllm_engine import VLLMBackend
     return VLLMBackend(model, cores=cores, dtype=dtype, max_model_len=max_model_len,
                        kv_cache_gib=kv_cache_gib, enforce_eager=enforce_eager)
@@ -141,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default); vllm: a vLLM engine with prefix caching (GPUs)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                    help="weights and activations dtype (default: bfloat16)")
+    p.add_argument("--quantization", default=None, choices=("int8",),
+                   help="lean: int8 weights for the linear layers and the head (about twice "
+                        "as fast on CPUs, slightly different drafts; default: none)")
     p.add_argument("--max-model-len", type=int, default=2048,
                    help="longest sequence drafted for, tokens (default: 2048)")
     p.add_argument("--max-num-seqs", type=int, default=256,
@@ -160,5 +170,5 @@ def main(argv: list[str] | None = None) -> None:
     from minedraft import models
     backend = make_backend(args.backend, str(models.resolve(args.model)), args.cores,
                            args.dtype, args.max_model_len, args.kv_cache_gib, args.enforce_eager,
-                           args.max_num_seqs)
+                           args.max_num_seqs, args.quantization)
     DraftServer(backend).serve(args.bind)

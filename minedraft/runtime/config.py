@@ -29,6 +29,7 @@ class EngineConfig:
     shared_cores: bool = False  # let the drafter share the target's cores (small machines)
     draft_address: str | None = None  # a drafter the operator runs (`python -m minedraft.drafter`)
     draft_backend: str | None = None  # lean (CPU default) or vllm (GPU default)
+    draft_quantization: str | None = None  # lean drafter: "int8" weights
     draft_gpu: str | None = None  # the drafter's GPU index on a GPU server
     trace_path: str | None = None  # per-step JSONL trace (default: a temporary file)
     drafter_log: str | None = None  # where the drafter process logs (default: kept in memory)
@@ -91,6 +92,7 @@ class EngineConfig:
         external_only = {"--draft-cores": self.draft_cores, "--draft-gpu": self.draft_gpu,
                          "--draft-address": self.draft_address,
                          "--draft-backend": self.draft_backend,
+                         "--draft-quantization": self.draft_quantization,
                          "--shared-cores": self.shared_cores or None,
                          "--auto-profile": self.auto_profile}
         if not self.external_drafter:
@@ -118,6 +120,7 @@ class EngineConfig:
             "draft_address": self.draft_address,
             "draft_cores": None if self.draft_address else omp_bind(self.drafter_cores()),
             "draft_backend": self.draft_backend, "draft_dtype": self.dtype,
+            "draft_quantization": self.draft_quantization,
             "draft_enforce_eager": self.enforce_eager, "draft_gpu": self.draft_gpu,
             "shared_cores": self.shared_cores, "trace_path": self.trace_path,
             "drafter_log": self.drafter_log, "drafter_timeout_s": self.drafter_timeout_s,

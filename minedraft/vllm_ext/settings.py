@@ -32,6 +32,7 @@ class PSDSettings:
     draft_cores: str = "all"
     draft_backend: str | None = None  # lean (CPU default) or vllm (GPU default)
     draft_dtype: str = "bfloat16"
+    draft_quantization: str | None = None  # lean backend: "int8" weights
     draft_enforce_eager: bool = False
     draft_gpu: str | None = None  # GPU index of the drafter (its CUDA_VISIBLE_DEVICES)
     shared_cores: bool = False  # allow the drafter on the target's cores (small machines)
@@ -71,6 +72,10 @@ class PSDSettings:
                               f"got {settings.mode!r}")
         if settings.draft_backend not in (None, *DRAFT_BACKENDS):
             raise ConfigError(f"draft_backend must be one of {', '.join(DRAFT_BACKENDS)}")
+        if settings.draft_quantization not in (None, "int8"):
+            raise ConfigError("draft_quantization must be int8 or unset")
+        if settings.draft_quantization and settings.backend != "lean":
+            raise ConfigError("draft_quantization applies to the lean drafter backend only")
         if min(settings.drafter_timeout_s, settings.drafter_start_timeout_s,
                settings.drafter_retry_max_s) <= 0:
             raise ConfigError("drafter timeouts and retry waits must be > 0 s")

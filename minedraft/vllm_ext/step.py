@@ -69,12 +69,13 @@ class PSDSchedulerMixin:
         self.round: Round | None = None  # the overlapped round in flight
         self.step_index = 0
         self.record: StepRecord | None = None  # the current step, written once complete
+        self.wait_ms = 0.0  # how long the current step blocked for drafts
         self._verify_start = 0.0
         self._trace = open(s.trace_path, "ab", buffering=0) if s.trace_path else None
         command = None if s.draft_address else drafter_command(
             s.draft, "{address}", cores=s.draft_cores, dtype=s.draft_dtype,
             max_model_len=self.max_model_len, backend=s.backend,
-            enforce_eager=s.draft_enforce_eager)
+            enforce_eager=s.draft_enforce_eager, quantization=s.draft_quantization)
         self.drafter = DrafterSupervisor(DrafterOptions(
             command=command, address=s.draft_address, log_path=s.drafter_log, gpu=s.draft_gpu,
             timeout_s=s.drafter_timeout_s, start_timeout_s=s.drafter_start_timeout_s,
@@ -104,6 +105,7 @@ class PSDSchedulerMixin:
     # ----------------------------------------------------------------- the step
     def schedule(self, *args, **kwargs):
         t0 = time.perf_counter()
+        self.wait_ms = 0.0
         self._collect_round()  # the drafts of the round sent in the previous step
         self._close_step(t0)
         self.drafter.poll()
@@ -123,14 +125,21 @@ class PSDSchedulerMixin:
         if plan.catch_up:  # sequential: draft, wait, then verify the same requests
             self._send_round(plan.catch_up, k)
             self._collect_round()
-        if plan.draft:  # overlapped: the drafter works while the target verifies
-            self._send_round(plan.draft, k)
         self._attach_drafts(plan, k)
+        t_parent = time.perf_counter()
         out = self._schedule_without(set(plan.held) | set(plan.draft))
+        rec.parent_ms = 1000 * (time.perf_counter() - t_parent)
+        # Overlapped: the drafter drafts while the target verifies; prompts the target starts to
+        # prefill now are taken in at the same time (so no later round stalls on them).
+        new = [r.req_id for r in getattr(out, "scheduled_new_reqs", ())
+               if r.req_id in self.requests and self.drafter.up]
+        if plan.draft or new:
+            self._send_round(plan.draft, k, ingest=new)
         rec.sides = self.batches.sizes()
         rec.drafter_up = self.drafter.up
         rec.restarts = self.drafter.restarts
         rec.failures = self.drafter.failures
+        rec.wait_ms = self.wait_ms
         self._verify_start = time.perf_counter()
         rec.sched_ms = 1000 * (self._verify_start - t0)
         rec.verify_start_s = self._verify_start
@@ -176,23 +185,27 @@ class PSDSchedulerMixin:
                 [r for r in self.running if id(r) not in old]
 
     # ----------------------------------------------------------------- drafter rounds
-    def _send_round(self, rids: list[str], k: int) -> None:
+    def _send_round(self, rids: list[str], k: int, ingest: list[str] = ()) -> None:
+        """Send a round drafting `rids` (and only taking in the sequences of `ingest`)."""
         if self.drafter.client is None:  # failed earlier in this step
             return
         reqs, basis = {}, {}
-        for rid in rids:
+        for rid in [*rids, *ingest]:
             tokens = self.requests[rid].all_token_ids
             start = self.sent_len.get(rid, 0)
             reqs[rid] = m.Tokens(start, list(tokens[start:]))
-            basis[rid] = self.sent_len[rid] = len(tokens)
+            self.sent_len[rid] = len(tokens)
+            if rid not in ingest:
+                basis[rid] = len(tokens)
         free, self.to_free = self.to_free, []
         try:
-            self.drafter.client.send(m.Draft(k=k, reqs=reqs, free=free))
+            self.drafter.client.send(m.Draft(k=k, reqs=reqs, free=free, ingest=list(ingest)))
         except DrafterDown as exc:
             self._drafter_failed(exc)
             return
         self.round = Round(basis, k, self.record)
-        self.record.send_s = self.round.sent_s
+        if rids:
+            self.record.send_s = self.round.sent_s
 
     def _collect_round(self) -> None:
         rnd, self.round = self.round, None
@@ -204,8 +217,8 @@ class PSDSchedulerMixin:
         except DrafterDown as exc:
             self._drafter_failed(exc)
             return
-        rec = rnd.record
-        rec.wait_ms += 1000 * (time.perf_counter() - t0)
+        self.wait_ms += 1000 * (time.perf_counter() - t0)  # this step blocked for it
+        rec = rnd.record  # the step that sent the round
         rec.draft_ms = (rec.draft_ms or 0.0) + reply.draft_ms
         rec.forward_ms = (rec.forward_ms or 0.0) + reply.forward_ms
         rec.drafter_holds = reply.holding

@@ -59,9 +59,11 @@ class FakeBackend:
         self.rounds: list[dict] = []
         self.freed: list[str] = []
 
-    def draft(self, seqs, k):
+    def draft(self, seqs, k, ingest=frozenset()):
         self.rounds.append({rid: list(s) for rid, s in seqs.items()})
-        return {rid: fake_draft(s, k, self.wrong_every) for rid, s in seqs.items()}, k, 0.1
+        self.ingested = getattr(self, "ingested", []) + sorted(ingest)
+        return {rid: fake_draft(s, k, self.wrong_every) for rid, s in seqs.items()
+                if rid not in ingest}, k, 0.1
 
     def free(self, rids):
         self.freed.extend(rids)
@@ -168,8 +170,10 @@ class StubScheduler:
                 victim.spec_token_ids = []
                 preempted.append(victim)
         self.preempt_next = 0
+        admitted = []
         while self.waiting and len(self.running) < self.max_num_running_reqs:
-            self.running.append(self.waiting.pop(0))
+            admitted.append(self.waiting.pop(0))
+            self.running.append(admitted[-1])
         self.waiting[:0] = preempted  # back in front of the queue, from the next step on
         scheduled, spec = [], {}
         for r in self.running:
@@ -177,7 +181,10 @@ class StubScheduler:
             if r.spec_token_ids:
                 spec[r.request_id] = list(r.spec_token_ids)
                 r.spec_token_ids = []
-        return types.SimpleNamespace(scheduled=scheduled, scheduled_spec_decode_tokens=spec)
+        new = [types.SimpleNamespace(req_id=r.request_id) for r in admitted
+               if r.num_output_tokens == 0]
+        return types.SimpleNamespace(scheduled=scheduled, scheduled_spec_decode_tokens=spec,
+                                     scheduled_new_reqs=new)
 
     def update_draft_token_ids(self, draft_token_ids):
         for rid, ids in zip(draft_token_ids.req_ids, draft_token_ids.draft_token_ids):

@@ -160,6 +160,19 @@ def test_request_aborted_while_waiting_after_preemption_is_freed(drafter, tmp_pa
     assert aborted[0] in drafter.backend.freed
 
 
+def test_prompts_are_taken_in_while_the_target_prefills_them(drafter, tmp_path):
+    sched = make(drafter, tmp_path)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=10) for i, p in enumerate(prompts(5))]
+    run(sched, reqs)
+    assert sorted(drafter.backend.ingested) == sorted(r.request_id for r in reqs)
+    first_round = {}
+    for rnd in drafter.backend.rounds:
+        for rid, seq in rnd.items():
+            first_round.setdefault(rid, seq)
+    for r in reqs:  # the first time the drafter saw it: the prompt, while it was prefilled
+        assert first_round[r.request_id] == r.prompt_token_ids
+
+
 def test_trace_has_every_step_when_the_engine_goes_idle(drafter, tmp_path):
     sched = make(drafter, tmp_path)
     steps = run(sched, [StubRequest("a", [1, 2, 3], max_tokens=9),

@@ -35,16 +35,19 @@ class VLLMBackend:
         self.max_model_len = max_model_len
         self.round = 0
 
-    def draft(self, seqs: dict[str, list[int]], k: int):
+    def draft(self, seqs: dict[str, list[int]], k: int, ingest: set[str] = frozenset()):
+        """k greedy tokens per sequence (the ids in `ingest` only warm the prefix cache).
+        Returns (drafts, engine steps, ms)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         t0 = time.perf_counter()
         self.round += 1
-        params = SamplingParams(max_tokens=k, temperature=0.0, ignore_eos=True, detokenize=False,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
         pending = {}
         for rid, seq in seqs.items():
+            params = SamplingParams(max_tokens=1 if rid in ingest else k, temperature=0.0,
+                                    ignore_eos=True, detokenize=False,
+                                    output_kind=RequestOutputKind.FINAL_ONLY)
             internal = f"{rid}@{self.round}"
             self.llm.add_request(internal, {"prompt_token_ids": list(seq)}, params)
             pending[internal] = rid
@@ -53,7 +56,9 @@ class VLLMBackend:
             steps += 1
             for out in self.llm.step():
                 if out.finished and out.request_id in pending:
-                    drafts[pending.pop(out.request_id)] = list(out.outputs[0].token_ids)
+                    rid = pending.pop(out.request_id)
+                    if rid not in ingest:
+                        drafts[rid] = list(out.outputs[0].token_ids)
         return drafts, steps, 1000 * (time.perf_counter() - t0)
 
     def free(self, rids) -> None:
