@@ -1,16 +1,17 @@
 """`minedraft advise`: the theory's numbers for one (alpha, k, c), or for a measured cost profile.
 
-With a profile (see minedraft.simulate) the quantities use measured curves at a given batch B
+With a profile (minedraft.core.costmodel) the quantities use measured curves at a given batch B
 instead of the constant cost ratio: an ar step decodes B tokens in decode(B); an sd step costs
-k t_d(B) + verify(B (k + 1)) + overhead; a psd cycle verifies both halves of B in two steps of
-max(k t_d(B/2), verify(B/2 (k + 1))) + overhead. Acceptance comes from the measured per-position
-rates (E = 1 + sum of them, the mean accepted length).
+draft(B, k) + verify(B (k + 1)) + overhead; a psd cycle verifies both halves of B in two steps
+of max(draft(B/2, k), verify(B/2 (k + 1))) + overhead. Acceptance comes from the measured
+per-position rates (E = 1 + sum of them, the mean accepted length). `--mode auto` decides with
+the same formulas (minedraft.core.costmodel.step_rate).
 """
 
 from __future__ import annotations
 
 from minedraft.analysis import theory
-from minedraft.core.costmodel import CostProfile
+from minedraft.core.costmodel import CostProfile, expected_tokens, step_rate
 
 K_MAX = 8
 
@@ -34,28 +35,13 @@ def theory_report(alpha: float, k: int, c: float, k_max: int = K_MAX) -> dict:
     }
 
 
-def _expected_tokens(profile: CostProfile, k: int) -> float:
-    e, p = 1.0, 1.0
-    for q in profile.conditional_acceptance(k):
-        p *= q
-        e += p
-    return e
-
-
 def profile_speedups(profile: CostProfile, k: int, batch: int) -> dict:
-    """Predicted tokens/s of ar, sd and psd at `batch` requests from measured curves."""
-    e = _expected_tokens(profile, k)
-    ar = batch / profile.decode(batch)
-    sd_step = profile.draft_ms(batch, k) + profile.verify(batch * (k + 1)) + profile.overhead_sd_ms
-    half = max(1, batch // 2)
-    other = batch - half
-    if other:
-        psd_cycle = sum(max(profile.draft_ms(b, k), profile.verify(a * (k + 1)))
-                        + profile.overhead_psd_ms for a, b in ((half, other), (other, half)))
-    else:  # one request: sequential steps
-        psd_cycle = sd_step
-    sd = batch * e / sd_step
-    psd = batch * e / psd_cycle
+    """Predicted tokens/ms of ar, sd (sequential) and psd at `batch` requests and k from measured
+    curves (minedraft.core.costmodel.step_rate), and their ratios."""
+    e = expected_tokens(profile, k)
+    ar = step_rate(profile, "none", batch, 0)
+    sd = step_rate(profile, "sequential", batch, k)
+    psd = step_rate(profile, "psd", batch, k)
     return {"expected_tokens_per_step": e, "ar_tok_per_ms": ar, "sd_tok_per_ms": sd,
             "psd_tok_per_ms": psd, "sd_speedup": sd / ar, "psd_speedup": psd / ar,
             "psd_speedup_over_sd": psd / sd}

@@ -7,12 +7,14 @@ auto` all read costs through `CostProfile`, so they agree by construction::
     {"kind": "minedraft-cost-profile", "version": 1, "k": 3, "source": "...", "assumption": "...",
      "target": {"decode_ms": [[batch, ms], ...], "verify_ms": [[tokens, ms], ...],
                 "prefill_ms": [[prompt_tokens, ms], ...]},
-     "drafter": {"round_ms": [[batch, ms], ...], "colocated_round_ms": [[batch, ms], ...]},
-     "overhead_ms": {"sd": 2.0, "psd": 5.0},
+     "drafter": {"round_ms": [[batch, k, ms], ...], "colocated_round_ms": [[batch, ms], ...]},
+     "overhead_ms": {"none": 1.0, "sequential": 2.0, "psd": 5.0},
      "acceptance_per_position": [0.52, 0.29, 0.18],
      "workload": {"prompt_lens": [...], "output_lens": [...]}}
 
-Drafter rounds are measured at the profile's k; other k scale them per token (round / k).
+Drafter rounds are measured at one or more k ([batch, ms] points: at the profile's k); see
+DraftCost. `step_rate` and `best_step` turn any such costs (a profile, or `--mode auto`'s online
+estimates) into predicted tokens per second.
 """
 
 from __future__ import annotations
@@ -71,16 +73,58 @@ class Curve:
         return [[x, y] for x, y in zip(self.xs, self.ys)]
 
 
+class DraftCost:
+    """Drafter round time (ms) by batch and k, from points [batch, k, ms] (or [batch, ms] at a
+    given k): one Curve over batch per measured k; between measured k linear in k, beyond them
+    with the slope of the two nearest (a round is about k forward passes plus a fixed part);
+    with one k measured, proportional to k."""
+
+    def __init__(self, points, k: int, name: str = "drafter.round_ms"):
+        by_k: dict[int, list] = {}
+        try:
+            for p in points:
+                b, kk, ms = (p[0], k, p[1]) if len(p) == 2 else p
+                by_k.setdefault(int(kk), []).append([b, ms])
+        except (TypeError, ValueError):
+            raise ProfileError(f"{name}: expected [[batch, k, ms], ...], got {points!r}") \
+                from None
+        if not by_k:
+            raise ProfileError(f"{name}: no points")
+        self.curves = {kk: Curve(pts, name) for kk, pts in sorted(by_k.items())}
+
+    def __call__(self, batch: float, k: int) -> float:
+        if batch <= 0:
+            return 0.0
+        ks = list(self.curves)
+        if k in self.curves:
+            return self.curves[k](batch)
+        if len(ks) == 1:
+            return self.curves[ks[0]](batch) * k / ks[0]
+        lo = max([x for x in ks if x < k], default=ks[0])
+        hi = min([x for x in ks if x > k], default=ks[-1])
+        if lo == hi:  # outside the measured k: the two nearest
+            lo, hi = (ks[0], ks[1]) if k < ks[0] else (ks[-2], ks[-1])
+        y0, y1 = self.curves[lo](batch), self.curves[hi](batch)
+        return max(0.0, y0 + (y1 - y0) * (k - lo) / (hi - lo))
+
+    def to_points(self) -> list[list[float]]:
+        return [[b, kk, ms] for kk, c in self.curves.items() for b, ms in c.to_points()]
+
+
+OVERHEAD_KINDS = ("none", "sequential", "psd")
+
+
 @dataclass
 class CostProfile:
+    """Step costs of one machine and model pair (see the module docstring), in ms."""
+
     k: int
-    decode: Curve
-    verify: Curve
-    prefill: Curve
-    draft_round: Curve  # ms per drafter round of `k` tokens, by batch
-    colocated_round: Curve | None
-    overhead_sd_ms: float
-    overhead_psd_ms: float
+    decode: Curve  # a step without drafts, by requests
+    verify: Curve  # a verification, by tokens (requests x (1 + drafts))
+    prefill: Curve  # by prompt tokens
+    draft_round: DraftCost  # by requests and k
+    colocated_round: Curve | None  # vLLM's own sd: drafter on the target's devices, at k
+    overhead: dict  # kind -> ms per step beyond the modelled parts
     acceptance_per_position: list[float]
     prompt_lens: list[int] = field(default_factory=list)
     output_lens: list[int] = field(default_factory=list)
@@ -88,11 +132,23 @@ class CostProfile:
     assumption: str = ""
     target_cores: str | None = None  # where the profile's target ran (measured profiles)
 
+    @property
+    def overhead_sd_ms(self) -> float:
+        return self.overhead_ms("sequential")
+
+    @property
+    def overhead_psd_ms(self) -> float:
+        return self.overhead_ms("psd")
+
+    def overhead_ms(self, kind: str) -> float:
+        return float(self.overhead.get(kind, 0.0))
+
     def draft_ms(self, batch: int, k: int, colocated: bool = False) -> float:
         if batch <= 0:
             return 0.0
-        curve = self.colocated_round if colocated and self.colocated_round else self.draft_round
-        return curve(batch) * k / self.k
+        if colocated and self.colocated_round is not None:
+            return self.colocated_round(batch) * k / self.k
+        return self.draft_round(batch, k)
 
     def prefill_extra_ms(self, tokens: int, alone: bool) -> float:
         """Cost of prefilling `tokens` prompt tokens in a step: the whole prefill step when
@@ -104,11 +160,70 @@ class CostProfile:
     def conditional_acceptance(self, k: int) -> list[float]:
         """P(position i accepted | positions before it accepted), i = 1..k; positions beyond the
         measured ones repeat the last measured ratio."""
-        p = [1.0] + [min(1.0, max(0.0, float(x))) for x in self.acceptance_per_position]
-        ratios = [p[i] / p[i - 1] if p[i - 1] > 0 else 0.0 for i in range(1, len(p))]
-        if not ratios:
-            ratios = [0.0]
-        return [ratios[min(i, len(ratios) - 1)] for i in range(k)]
+        return conditional_acceptance(self.acceptance_per_position, k)
+
+
+def conditional_acceptance(per_position: list[float], k: int) -> list[float]:
+    """From P(first i drafts accepted), i = 1.. (vLLM's acceptance per position): the chance
+    that position i is accepted once the ones before it were, for i = 1..k (positions beyond
+    the given ones repeat the last ratio)."""
+    p = [1.0] + [min(1.0, max(0.0, float(x))) for x in per_position]
+    ratios = [p[i] / p[i - 1] if p[i - 1] > 0 else 0.0 for i in range(1, len(p))] or [0.0]
+    return [ratios[min(i, len(ratios) - 1)] for i in range(k)]
+
+
+# --------------------------------------------------------------------------- predictions
+
+def expected_tokens(costs, k: int) -> float:
+    """Tokens a verification with k drafts yields on average: 1 + sum over i <= k of P(first i
+    accepted) (Leviathan et al. 2023 for independent acceptance; here from the measured
+    per-position rates). k = 0: 1."""
+    e, p = 1.0, 1.0
+    for q in costs.conditional_acceptance(k) if k else []:
+        p *= q
+        e += p
+    return e
+
+
+def step_rate(costs, kind: str, batch: int, k: int) -> float:
+    """Predicted output tokens per ms of a steady batch of `batch` decoding requests.
+
+    none:       batch / (decode(batch) + overhead)
+    sequential: batch E(k) / (draft(batch, k) + verify(batch (k + 1)) + overhead)
+    psd:        two steps, each verifying one half while the other is drafted:
+                batch E(k) / sum over halves of (max(draft(d, k), verify(v (k + 1))) + overhead)
+    (paper.md section 2: a PSD step costs max(draft, verify) instead of draft + verify; the
+    halves make the batch-size dependence explicit). psd with one request is sequential."""
+    if batch <= 0:
+        return 0.0
+    if kind == "none" or k == 0:
+        return batch / (costs.decode(batch) + costs.overhead_ms("none"))
+    e = expected_tokens(costs, k)
+    if kind == "sequential" or batch == 1:
+        return batch * e / (costs.draft_ms(batch, k) + costs.verify(batch * (k + 1))
+                            + costs.overhead_ms("sequential"))
+    if kind != "psd":
+        raise ValueError(f"unknown step kind {kind!r}")
+    a = (batch + 1) // 2
+    halves = ((a, batch - a), (batch - a, a))
+    cycle = sum(max(costs.draft_ms(d, k), costs.verify(v * (k + 1))) + costs.overhead_ms("psd")
+                for v, d in halves)
+    return batch * e / cycle
+
+
+def best_step(costs, batch: int, k_max: int,
+              kinds: tuple[str, ...] = OVERHEAD_KINDS) -> tuple[str, int, float]:
+    """(kind, k, tokens per ms) with the highest `step_rate` for `batch` requests, k in 1..k_max
+    (k = 0 for none). Ties go to the simpler choice (none, then sequential, then smaller k)."""
+    best = ("none", 0, step_rate(costs, "none", batch, 0)) if "none" in kinds else None
+    for kind in ("sequential", "psd"):
+        if kind not in kinds:
+            continue
+        for k in range(1, k_max + 1):
+            rate = step_rate(costs, kind, batch, k)
+            if best is None or rate > best[2] * (1 + 1e-9):
+                best = (kind, k, rate)
+    return best
 
 
 def load_profile(path_or_doc) -> CostProfile:
@@ -132,16 +247,18 @@ def load_profile(path_or_doc) -> CostProfile:
         overhead = doc.get("overhead_ms", {})
         prefill = target.get("prefill_ms") or [[0, 0.0]]
         round_pts = drafter.get("round_ms") or [[1, 0.0]]
+        overheads = {"none": overhead.get("none", 0.0),
+                     "sequential": overhead.get("sequential", overhead.get("sd", 0.0)),
+                     "psd": overhead.get("psd", overhead.get("sd", 0.0))}
         colocated = drafter.get("colocated_round_ms")
         workload = doc.get("workload", {})
         return CostProfile(
             k=k, decode=Curve(target["decode_ms"], "target.decode_ms"),
             verify=Curve(target.get("verify_ms") or target["decode_ms"], "target.verify_ms"),
             prefill=Curve(prefill, "target.prefill_ms"),
-            draft_round=Curve(round_pts, "drafter.round_ms"),
+            draft_round=DraftCost(round_pts, k),
             colocated_round=Curve(colocated, "drafter.colocated_round_ms") if colocated else None,
-            overhead_sd_ms=float(overhead.get("sd", 0.0)),
-            overhead_psd_ms=float(overhead.get("psd", overhead.get("sd", 0.0))),
+            overhead={kind: float(v) for kind, v in overheads.items()},
             acceptance_per_position=acc,
             prompt_lens=[int(x) for x in workload.get("prompt_lens", [])],
             output_lens=[int(x) for x in workload.get("output_lens", [])],

@@ -37,6 +37,7 @@ class StepRecord(msgspec.Struct, omit_defaults=True):
     drafter_up: bool = False
     restarts: int = 0  # drafter restarts (or reconnections) attempted so far
     failures: int = 0  # failed drafter attempts in a row (0 while it answers)
+    tokens: int = 0  # tokens the target computed this step (prefills included)
     drafted_tokens: int = 0  # draft tokens verified this step
     accepted_tokens: int = 0  # of which accepted
     verify_start_s: float | None = None

@@ -1,7 +1,9 @@
 """What each step does with drafts: the fixed modes, and `auto`'s choice per step.
 
 A policy answers `choose(n_decoding) -> (kind, k)` before each step (kind: "psd", "sequential"
-or "none", see minedraft.core.subbatch) and is told what happened after it (`observe`).
+or "none", see minedraft.core.subbatch) and is told what happened: the drafts verified
+(`observe_drafts`), each drafter round (`observe_round`) and each completed step
+(`observe_step`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,14 @@ class FixedPolicy:
     def choose(self, n_decoding: int) -> tuple[str, int]:
         return self.kind, self.k
 
-    def observe(self, record: StepRecord, drafts: list[tuple[int, int]]) -> None:
-        """`drafts`: (draft tokens, accepted tokens) of each request verified with drafts."""
+    def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
+        """(draft tokens, accepted tokens) of each request verified with drafts in a step."""
+
+    def observe_round(self, batch: int, k: int, ms: float) -> None:
+        """A drafter round of `batch` requests and `k` tokens took `ms`."""
+
+    def observe_step(self, record: StepRecord) -> None:
+        """A step is complete (its record final)."""
 
 
 def make_policy(settings, k_max: int):

@@ -44,7 +44,8 @@ class Round:
     """A drafter round in flight: request id -> the sequence length it was drafted from."""
     basis: dict[str, int]
     k: int
-    record: StepRecord  # the step that sent it (gets draft_ms / wait_ms)
+    record: StepRecord  # the step that sent it (gets draft_ms)
+    ingest: bool = False  # it also takes in new prompts
     sent_s: float = field(default_factory=time.perf_counter)
 
 
@@ -203,7 +204,7 @@ class PSDSchedulerMixin:
         except DrafterDown as exc:
             self._drafter_failed(exc)
             return
-        self.round = Round(basis, k, self.record)
+        self.round = Round(basis, k, self.record, ingest=bool(ingest))
         if rids:
             self.record.send_s = self.round.sent_s
 
@@ -222,6 +223,8 @@ class PSDSchedulerMixin:
         rec.draft_ms = (rec.draft_ms or 0.0) + reply.draft_ms
         rec.forward_ms = (rec.forward_ms or 0.0) + reply.forward_ms
         rec.drafter_holds = reply.holding
+        if not rnd.ingest:  # prompt prefills would pass for drafting cost
+            self.policy.observe_round(len(rnd.basis), rnd.k, reply.draft_ms)
         for rid in reply.resync:  # the drafter lacks this history: send all of it next time
             self.sent_len.pop(rid, None)
         for rid, ids in reply.drafts.items():
@@ -270,12 +273,13 @@ class PSDSchedulerMixin:
             rec.verify_ms = 1000 * (t0 - self._verify_start)
             spec = scheduler_output.scheduled_spec_decode_tokens
             rec.drafted_tokens = sum(len(v) for v in spec.values())
+            rec.tokens = getattr(scheduler_output, "total_num_scheduled_tokens", 0)
             sampled = model_runner_output.sampled_token_ids
             index = model_runner_output.req_id_to_index
             accepted = {rid: max(0, len(sampled[index[rid]]) - 1) for rid, draft in spec.items()
                         if rid in index and len(sampled) > index[rid]}
             rec.accepted_tokens = sum(accepted.values())
-            self.policy.observe(rec, [(len(spec[rid]), a) for rid, a in accepted.items()])
+            self.policy.observe_drafts([(len(spec[rid]), a) for rid, a in accepted.items()])
             rec.update_ms = 1000 * (time.perf_counter() - t0)
         self.batches.flip()
         self.step_index += 1
@@ -287,10 +291,12 @@ class PSDSchedulerMixin:
     def _close_step(self, now: float) -> None:
         """Write the last step's record, now that its drafting time and length are known."""
         rec, self.record = self.record, None
-        if rec is None or self._trace is None:
+        if rec is None:
             return
         rec.step_ms = 1000 * (now - rec.start_s)
-        self._trace.write(encode_record(rec))
+        self.policy.observe_step(rec)
+        if self._trace is not None:
+            self._trace.write(encode_record(rec))
 
     def shutdown(self) -> None:
         self._collect_round()

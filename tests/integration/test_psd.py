@@ -66,6 +66,25 @@ def sd_ext_engine(target_dir, drafter_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def auto_engine(target_dir, drafter_dir, tmp_path_factory):
+    engine = _external_engine("auto", target_dir, drafter_dir, tmp_path_factory)
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engines(psd_engine, sd_ext_engine, request):
+    """mode -> engine, started on first use."""
+    return {"psd": psd_engine, "sd-ext": sd_ext_engine,
+            "auto": lambda: request.getfixturevalue("auto_engine")}
+
+
+def _engine_for(engines, mode):
+    engine = engines[mode]
+    return engine() if callable(engine) else engine
+
+
+@pytest.fixture(scope="module")
 def varied_prompts(tokenizer):
     from minedraft.bench.workloads import sharegpt_requests
     prompts = sharegpt_requests(tokenizer, 50, seed=2, max_prompt_len=384)
@@ -104,9 +123,9 @@ def check_exact(engine, prompts, reference):
     return stats
 
 
-@pytest.mark.parametrize("mode", ["sd-ext", "psd"])
-def test_greedy_equals_ar(mode, psd_engine, sd_ext_engine, varied_prompts, ar_reference):
-    engine = psd_engine if mode == "psd" else sd_ext_engine
+@pytest.mark.parametrize("mode", ["sd-ext", "psd", "auto"])
+def test_greedy_equals_ar(mode, engines, varied_prompts, ar_reference):
+    engine = _engine_for(engines, mode)
     offset = trace_size(engine.config.trace_path)
     SPEC[mode] = check_exact(engine, varied_prompts, ar_reference)
     records = records_since(engine, offset)
@@ -116,8 +135,10 @@ def test_greedy_equals_ar(mode, psd_engine, sd_ext_engine, varied_prompts, ar_re
         for r in records:  # each overlapped step verifies about half of what decodes
             if r.kind == "psd":
                 assert r.verify <= (r.verify + r.draft + r.held) // 2 + 1, r
-    else:
+    elif mode == "sd-ext":
         assert metrics["steps_per_kind"]["psd"] == 0
+    else:  # auto tried every kind of step and recorded its choices
+        assert all(metrics["steps_per_kind"][kind] > 0 for kind in ("psd", "sequential", "none"))
 
 
 def test_psd_speculates_like_sd_ext(psd_engine, sd_ext_engine):
@@ -172,25 +193,29 @@ def _residual_from_p(probs, draft):
     return bug
 
 
-def test_psd_sampling_matches_the_target_distribution(psd_engine, target_dir, drafter_dir,
-                                                      tokenizer):
+@pytest.mark.parametrize("mode", ["psd", "auto"])
+def test_sampling_matches_the_target_distribution(mode, engines, target_dir, drafter_dir,
+                                                  tokenizer):
     """Temperature 1: the first two draft positions (tokens 2 and 3) follow the target's own
-    distribution, and a rejection sampler with the residual bug would be caught. Every token
-    after the first is verified from drafts (the trace shows no step without them)."""
+    distribution, and a rejection sampler with the residual bug would be caught (psd: every
+    token after the first is verified from drafts, the trace shows no step without them; auto
+    mixes steps with and without drafts, which must all follow the target)."""
+    engine = _engine_for(engines, mode)
     import torch
     from transformers import AutoModelForCausalLM
 
     ids = tokenizer("The capital of France is")["input_ids"]  # " Paris" 77%, then "." 68%
     n = 900
-    offset = trace_size(psd_engine.config.trace_path)
-    psd_engine.spec.reset()
+    offset = trace_size(engine.config.trace_path)
+    engine.spec.reset()
     # max_tokens=4: the first verification drafts 2 tokens (the last token is never drafted);
     # tokens 2 and 3 are then always decided by the rejection sampler
-    rows = generate(psd_engine, [Request("fact", ids) for _ in range(n)], max_tokens=4,
+    rows = generate(engine, [Request("fact", ids) for _ in range(n)], max_tokens=4,
                     temperature=1.0, seed=1000, progress=False)
-    steps = [r for r in records_since(psd_engine, offset) if r.verify]
-    assert steps and all(r.kind != "none" for r in steps), "a step without the drafter"
-    assert psd_engine.spec.summary()["num_drafts"] >= n
+    steps = [r for r in records_since(engine, offset) if r.verify]
+    if mode == "psd":
+        assert steps and all(r.kind != "none" for r in steps), "a step without the drafter"
+        assert engine.spec.summary()["num_drafts"] >= n
     target = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32)
     drafter = AutoModelForCausalLM.from_pretrained(str(drafter_dir), dtype=torch.float32)
 
@@ -206,6 +231,8 @@ def test_psd_sampling_matches_the_target_distribution(psd_engine, target_dir, dr
     second = [r["token_ids"][1] for r in rows if r["token_ids"][0] == t1]
     assert len(second) >= 500
     assert _fit_p(second, p2, d2) > 1e-3
+    if mode == "auto":
+        return
     assert _fit_p(second, _residual_from_p(p2, d2), d2) < 1e-3  # the test has power
     # draft position 2: token 3 after (t1, d2), i.e. with the first draft accepted
     p3, d3 = probs_and_draft(ids + [t1, d2])

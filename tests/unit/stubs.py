@@ -183,8 +183,10 @@ class StubScheduler:
                 r.spec_token_ids = []
         new = [types.SimpleNamespace(req_id=r.request_id) for r in admitted
                if r.num_output_tokens == 0]
+        tokens = sum(1 + len(spec.get(r.request_id, [])) if r.num_output_tokens else
+                     r.num_tokens for r in self.running)
         return types.SimpleNamespace(scheduled=scheduled, scheduled_spec_decode_tokens=spec,
-                                     scheduled_new_reqs=new)
+                                     scheduled_new_reqs=new, total_num_scheduled_tokens=tokens)
 
     def update_draft_token_ids(self, draft_token_ids):
         for rid, ids in zip(draft_token_ids.req_ids, draft_token_ids.draft_token_ids):
