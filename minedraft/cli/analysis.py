@@ -174,6 +174,50 @@ def add_parsers(sub) -> None:
                    help="steps shown in the timeline (default: 8)")
     r.add_argument("--no-scenarios", action="store_true",
                    help="leave out the GPU scenario predictions")
+    g = sub.add_parser("regimes", help="the regime map: every mode at every concurrency",
+                       description="Measures each mode (at each k) at each concurrency on the "
+                                   "same ShareGPT workload, psd also with twice the requests in "
+                                   "flight (the paper's protocol), and latency at finite request "
+                                   "rates; writes OUT/results.json (resumable), OUT/map.json, "
+                                   "OUT/regimes.md and a plot. --results only re-draws them.")
+    g.add_argument("--out", default="benchmarks/regimes",
+                   help="output folder (default: benchmarks/regimes)")
+    g.add_argument("--results", action="store_true",
+                   help="do not measure: draw the map from OUT/results.json")
+    g.add_argument("--modes", type=regime_modes,
+                   default=["ar@all", "ar@0", "sd@0", "sd@all", "sd-ext", "psd", "auto"],
+                   help="mode labels, comma-separated: ar@all, ar@0, sd@0, sd@all (vLLM's sd on "
+                        "the target's core or on both), sd-ext, psd, auto (target on core 0, "
+                        "drafter on core 1) (default: all)")
+    g.add_argument("--ks", type=int_list, default=[1, 2, 3, 4],
+                   help="draft lengths measured for sd, sd-ext and psd; auto's largest "
+                        "(default: 1,2,3,4)")
+    g.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16, 32, 64],
+                   help="requests in flight, comma-separated (default: 1,2,4,8,16,32,64)")
+    g.add_argument("--request-rates", type=rate_list, default=[1.0, 4.0],
+                   help="finite request rates for the latency table (default: 1,4)")
+    g.add_argument("--output-len", type=positive_int, default=64,
+                   help="tokens per request, EOS ignored (default: 64)")
+    g.add_argument("--prompts-per-slot", type=positive_int, default=3,
+                   help="requests per run = this x C, at least 8 (default: 3)")
+    g.add_argument("--max-prompts", type=positive_int, default=128,
+                   help="most requests per run (default: 128)")
+    g.add_argument("--rate-prompts", type=positive_int, default=64,
+                   help="requests per finite-rate run (default: 64)")
+    add_engine_options(g, only=("target", "draft", "dtype", "draft_quantization", "enforce_eager",
+                                "max_model_len", "kv_cache_gib", "seed"),
+                       title="engine")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def regime_modes(text: str) -> list[str]:
+    from minedraft.reporting.regimes import DEFAULT_MODES
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in DEFAULT_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(
+            f"unknown mode {bad[0] if bad else ''!r}; choose from {', '.join(DEFAULT_MODES)}")
+    return modes
 
 
 def sim_or_bench_modes(text: str) -> list[str]:
@@ -328,5 +372,28 @@ def cmd_report(args) -> None:
     print(f"wrote {path}")
 
 
+def cmd_regimes(args) -> None:
+    from minedraft.reporting.regimes import RegimePlan, run_regimes, write_map
+    out = output_dir(args.out)
+    path = out / "results.json"
+    if args.results:
+        if not path.is_file():
+            raise UserError(f"no results to draw: {path} not found")
+        doc = json.loads(path.read_text())
+    else:
+        plan = RegimePlan(modes=args.modes, ks=args.ks, concurrency=args.concurrency,
+                          rates=args.request_rates, output_len=args.output_len,
+                          prompts_per_slot=args.prompts_per_slot, max_prompts=args.max_prompts,
+                          rate_prompts=args.rate_prompts, seed=args.seed)
+        engine_kwargs = dict(target=args.target, draft=args.draft, dtype=args.dtype,
+                             draft_quantization=args.draft_quantization,
+                             enforce_eager=args.enforce_eager, max_model_len=args.max_model_len,
+                             kv_cache_gib=args.kv_cache_gib)
+        doc = run_regimes(out, plan, engine_kwargs, progress=not args.no_progress)
+    from minedraft.reporting.regimes import format_map
+    print(format_map(write_map(doc, out)))
+    print(f"wrote {out / 'regimes.md'}")
+
+
 COMMANDS = {"advise": cmd_advise, "profile": cmd_profile, "simulate": cmd_simulate,
-            "report": cmd_report}
+            "report": cmd_report, "regimes": cmd_regimes}

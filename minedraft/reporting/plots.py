@@ -236,3 +236,48 @@ def _drafter_label(r: dict) -> str:
     layers = r.get("draft_layers")
     name = r["draft"].rstrip("/").split("/")[-1]
     return f"{name} ({layers} layer{'s' if layers != 1 else ''})" if layers else name
+
+
+LABEL_COLORS = {"ar@all": "tab:gray", "ar@0": "black", "sd@0": "tab:blue", "sd@all": "tab:cyan",
+                "sd-ext": "tab:orange", "psd": "tab:green", "auto": "tab:red"}
+
+
+def plot_regime_map(m: dict, path) -> None:
+    """Output tokens/s against requests in flight, one line per mode at its best k (left);
+    the winning mode per concurrency and psd's ratios (right)."""
+    rows = m["rows"]
+    cs = [r["concurrency"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for label in m["labels"]:
+        pts = [(r["concurrency"], r["throughput"][label]) for r in rows if label in r["throughput"]]
+        left.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
+                  color=LABEL_COLORS.get(label), linestyle="--" if label == "auto" else "-")
+    paper = [(r["concurrency"], r["paper_psd_2c"]) for r in rows if "paper_psd_2c" in r]
+    if paper:
+        left.plot([p[0] for p in paper], [p[1] for p in paper], marker="x", linestyle=":",
+                  color=LABEL_COLORS["psd"], label="psd at 2C (paper's protocol)")
+    left.set_xscale("log", base=2)
+    left.set_xticks(cs, [str(c) for c in cs])
+    left.set_xlabel("requests in flight (C)")
+    left.set_ylabel("output tokens/s (measured)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    for i, r in enumerate(rows):
+        right.bar(i, 1.0, color=LABEL_COLORS.get(r["winner"], "k"), alpha=0.35)
+        right.text(i, 0.5, r["winner"], ha="center", va="center", rotation=90, fontsize=8)
+    for key, style, name in (("psd_over_sd_ext", "o-", "psd / sd-ext"),
+                             ("psd_over_best_other", "s--", "psd / best other"),
+                             ("auto_over_best_same_cores", "^:", "auto / best on its cores")):
+        pts = [(i, r[key]) for i, r in enumerate(rows) if key in r]
+        if pts:
+            right.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name, color="k"
+                       if key != "auto_over_best_same_cores" else LABEL_COLORS["auto"])
+    right.axhline(1.0, color="gray", linewidth=0.8)
+    right.set_xticks(range(len(rows)), [str(c) for c in cs])
+    right.set_xlabel("requests in flight (C); bars: the fastest fixed mode")
+    right.set_ylabel("throughput ratio")
+    right.grid(alpha=0.3, axis="y")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

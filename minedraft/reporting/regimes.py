@@ -1,0 +1,252 @@
+"""`minedraft regimes`: where each mode pays, measured. The regime map.
+
+Every mode (each at every k asked for) serves the same ShareGPT workload at each concurrency,
+one engine per (mode, k, cores), reused across the concurrencies; psd also runs with twice the
+requests in flight (the paper's protocol, paper.md section 4). Results are appended to
+OUT/results.json as they come, so an interrupted map resumes where it stopped. Then:
+
+- the best k of each mode per concurrency, the winning mode per concurrency (equal
+  concurrency), psd / sd-ext and psd / best other mode per cell, and the paper's protocol
+  (psd at 2C against each mode at C);
+- mean end-to-end latency and TPOT at finite request rates (each mode at its best k);
+- plots: throughput against concurrency per mode, and the winner per concurrency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from minedraft.reporting.plots import plot_regime_map
+
+REGIMES_KIND = "minedraft-regimes"
+# mode label -> (mode, target cores): the modes of the map; drafter modes get the other core
+DEFAULT_MODES = {"ar@all": ("ar", "all"), "ar@0": ("ar", "0"), "sd@0": ("sd", "0"),
+                 "sd@all": ("sd", "all"), "sd-ext": ("sd-ext", "0"), "psd": ("psd", "0"),
+                 "auto": ("auto", "0")}
+SPECULATIVE = ("sd", "sd-ext", "psd")
+
+
+@dataclass
+class RegimePlan:
+    """What to measure: mode labels (keys of DEFAULT_MODES), k values, concurrencies,
+    request rates, and the workload."""
+    modes: list[str]
+    ks: list[int]
+    concurrency: list[int]
+    rates: list[float]
+    output_len: int = 64
+    prompts_per_slot: int = 3  # requests per run = clamp(prompts_per_slot x C, 8, max_prompts)
+    max_prompts: int = 128
+    rate_prompts: int = 64
+    seed: int = 0
+
+    def num_prompts(self, c: int) -> int:
+        return max(8, min(self.max_prompts, self.prompts_per_slot * c))
+
+
+def engine_plan(plan: RegimePlan, engine_kwargs: dict) -> list[tuple[str, int | None, object]]:
+    """(label, k, EngineConfig) per engine, all validated before anything runs. `auto` gets the
+    largest k as its k_max."""
+    from minedraft.runtime.config import EngineConfig
+    out = []
+    for label in plan.modes:
+        mode, cores = DEFAULT_MODES[label]
+        ks = plan.ks if mode in SPECULATIVE else [max(plan.ks)] if mode == "auto" else [None]
+        for k in ks:
+            kw = {key: v for key, v in engine_kwargs.items()
+                  if mode in ("sd-ext", "psd", "auto") or key not in ("draft_quantization",)}
+            config = EngineConfig(mode=mode, target_cores=cores, num_speculative_tokens=k or 1,
+                                  seed=plan.seed, **kw)
+            out.append((label, k, config.validate()))
+    return out
+
+
+def _key(run: dict) -> tuple:
+    return (run["label"], run.get("k"), run["concurrency"], run["protocol"],
+            str(run["request_rate"]))
+
+
+def run_regimes(out_dir, plan: RegimePlan, engine_kwargs: dict, progress: bool = False) -> dict:
+    """Measure every (mode, k) at every concurrency (and the rates), appending to
+    OUT/results.json; runs already there are skipped. Returns the results document."""
+    from minedraft import models
+    from minedraft.bench.provenance import provenance
+    from minedraft.runtime.api import benchmark, load_workload
+    from minedraft.runtime.engine import Engine
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    engines = engine_plan(plan, engine_kwargs)  # every configuration checked first
+    path = out / "results.json"
+    doc = json.loads(path.read_text()) if path.is_file() else \
+        {"kind": REGIMES_KIND, "plan": plan.__dict__, "runs": [], **provenance()}
+    done = {_key(r) for r in doc["runs"]}
+    tokenizer = models.load_tokenizer(models.resolve(engine_kwargs.get("target", models.TARGET)))
+    max_len = engine_kwargs.get("max_model_len", 2048)
+    pool = load_workload("sharegpt", tokenizer, max(plan.max_prompts, plan.rate_prompts),
+                         seed=plan.seed, max_prompt_len=max_len - plan.output_len)
+
+    def cells(label, k):
+        for c in plan.concurrency:
+            yield c, "equal", math.inf, plan.num_prompts(c), c
+            if label == "psd":  # the paper's protocol: twice the requests in flight
+                yield c, "paper", math.inf, plan.num_prompts(c), 2 * c
+
+    for label, k, config in engines:
+        todo = [cell for cell in cells(label, k)
+                if (label, k, cell[0], cell[1], str(cell[2])) not in done]
+        rate_todo = [r for r in plan.rates if (label, k, None, "rate", str(r)) not in done]
+        if not todo and not rate_todo:
+            continue
+        print(f"== {label} k={k}: starting engine", file=sys.stderr, flush=True)
+        with Engine(config) as engine:
+            for c, protocol, rate, n, in_flight in todo:
+                res = benchmark(engine, pool[:n], output_len=plan.output_len, request_rate=rate,
+                                max_concurrency=in_flight, seed=plan.seed, progress=progress)
+                _save(doc, path, res, engine.config, label, k, c, protocol, rate)
+                print(f"   C={c} {protocol}: {res['output_throughput_tok_s']:.1f} tok/s",
+                      file=sys.stderr, flush=True)
+            for rate in rate_todo:
+                res = benchmark(engine, pool[:plan.rate_prompts], output_len=plan.output_len,
+                                request_rate=rate, seed=plan.seed, progress=progress)
+                _save(doc, path, res, engine.config, label, k, None, "rate", rate)
+                print(f"   {rate:g} req/s: E2EL {res['mean_e2el_ms']:.0f} ms",
+                      file=sys.stderr, flush=True)
+    return doc
+
+
+def _save(doc, path, res, config, label, k, c, protocol, rate) -> None:
+    res.pop("runs", None)
+    res.update(label=label, k=k, concurrency=c, protocol=protocol, request_rate=str(rate),
+               config=config.to_dict())
+    doc["runs"].append(res)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- the map
+
+def best_per_cell(runs: list[dict], protocol: str = "equal") -> dict:
+    """{(label, concurrency): the run with the highest throughput over k}."""
+    best: dict = {}
+    for r in runs:
+        if r["protocol"] != protocol:
+            continue
+        key = (r["label"], r["concurrency"])
+        if key not in best or r["output_throughput_tok_s"] > best[key]["output_throughput_tok_s"]:
+            best[key] = r
+    return best
+
+
+def regime_map(doc: dict) -> dict:
+    """The map's numbers: per concurrency, each mode's best throughput (and its k), the winner,
+    psd / sd-ext, psd / best other, and the paper's protocol."""
+    runs = doc["runs"]
+    best = best_per_cell(runs)
+    paper = best_per_cell(runs, "paper")
+    labels = [m for m in doc["plan"]["modes"] if any(k[0] == m for k in best)]
+    rows = []
+    for c in sorted({k[1] for k in best}):
+        cell = {m: best[(m, c)] for m in labels if (m, c) in best}
+        tput = {m: r["output_throughput_tok_s"] for m, r in cell.items()}
+        fixed = {m: v for m, v in tput.items() if m != "auto"}
+        winner = max(fixed, key=fixed.get)
+        row = {"concurrency": c, "throughput": tput,
+               "best_k": {m: r.get("k") for m, r in cell.items()}, "winner": winner}
+        if "psd" in tput:
+            others = {m: v for m, v in fixed.items() if m != "psd"}
+            if "sd-ext" in tput:
+                row["psd_over_sd_ext"] = tput["psd"] / tput["sd-ext"]
+            if others:
+                row["psd_over_best_other"] = tput["psd"] / max(others.values())
+        if ("psd", c) in paper:
+            row["paper_psd_2c"] = paper[("psd", c)]["output_throughput_tok_s"]
+            row["paper_psd_2c_k"] = paper[("psd", c)].get("k")
+            row["paper_psd_2c_over"] = {m: row["paper_psd_2c"] / v for m, v in tput.items()
+                                        if m != "psd"}
+        if "auto" in tput:
+            same_cores = {m: v for m, v in fixed.items() if m in ("ar@0", "sd-ext", "psd")}
+            if same_cores:
+                row["auto_over_best_same_cores"] = tput["auto"] / max(same_cores.values())
+        rows.append(row)
+    rates = [r for r in runs if r["protocol"] == "rate"]
+    return {"rows": rows, "labels": labels, "rates": _rate_rows(rates, best)}
+
+
+def _rate_rows(rates: list[dict], best: dict) -> list[dict]:
+    """Latency at finite rates: each mode at its k (the only one, or the one most often best
+    in the map)."""
+    out = []
+    for rate in sorted({r["request_rate"] for r in rates}, key=float):
+        at = [r for r in rates if r["request_rate"] == rate]
+        for label in dict.fromkeys(r["label"] for r in at):
+            ks = [b.get("k") for (m, _), b in best.items() if m == label]
+            k = max(set(ks), key=ks.count) if ks else None
+            chosen = [r for r in at if r["label"] == label and r.get("k") == k] or \
+                [r for r in at if r["label"] == label]
+            r = chosen[0]
+            out.append({"rate": float(rate), "label": label, "k": r.get("k"),
+                        "mean_e2el_ms": r["mean_e2el_ms"], "mean_tpot_ms": r["mean_tpot_ms"],
+                        "mean_ttft_ms": r["mean_ttft_ms"],
+                        "output_throughput_tok_s": r["output_throughput_tok_s"]})
+    return out
+
+
+def format_map(m: dict) -> str:
+    """Markdown tables of the map (throughput with best k, winner, ratios; paper protocol;
+    latency at finite rates)."""
+    labels = m["labels"]
+    lines = ["| C | " + " | ".join(labels) + " | winner | psd / sd-ext | psd / best other |",
+             "|---|" + "---|" * (len(labels) + 3)]
+    for row in m["rows"]:
+        cells = []
+        for label in labels:
+            v = row["throughput"].get(label)
+            k = row["best_k"].get(label)
+            cells.append("-" if v is None else f"{v:.0f}" + (f" (k={k})" if k else ""))
+        lines.append(f"| {row['concurrency']} | " + " | ".join(cells) +
+                     f" | {row['winner']} | {_x(row.get('psd_over_sd_ext'))} | "
+                     f"{_x(row.get('psd_over_best_other'))} |")
+    paper = [r for r in m["rows"] if "paper_psd_2c" in r]
+    if paper:
+        others = [x for x in labels if x not in ("psd",)]
+        lines += ["", "Paper's protocol: psd with 2C requests in flight against each mode at C "
+                  "(output tokens/s ratio):", "",
+                  "| C | psd at 2C (tok/s) | " + " | ".join(f"vs {o}" for o in others) + " |",
+                  "|---|---|" + "---|" * len(others)]
+        for r in paper:
+            lines.append(f"| {r['concurrency']} | {r['paper_psd_2c']:.0f} (k={r['paper_psd_2c_k']}) | "
+                         + " | ".join(_x(r["paper_psd_2c_over"].get(o)) for o in others) + " |")
+    if m["rates"]:
+        lines += ["", "| request rate | mode | k | mean E2EL ms | mean TPOT ms | mean TTFT ms | "
+                  "out tok/s |", "|---|---|---|---|---|---|---|"]
+        for r in m["rates"]:
+            lines.append(f"| {r['rate']:g}/s | {r['label']} | {r['k'] or '-'} | "
+                         f"{r['mean_e2el_ms']:.0f} | {r['mean_tpot_ms']:.1f} | "
+                         f"{r['mean_ttft_ms']:.0f} | {r['output_throughput_tok_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def _x(v) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def write_map(doc: dict, out_dir) -> dict:
+    """OUT/regimes.md, OUT/map.json and the plots; returns the map."""
+    out = Path(out_dir)
+    m = regime_map(doc)
+    (out / "map.json").write_text(json.dumps(m, indent=1))
+    plot_regime_map(m, out / "throughput_vs_concurrency.png")
+    hw = doc.get("hardware", {})
+    text = ["# Regime map", "", f"Command: `{doc.get('command', '?')}`", "",
+            f"Date {doc.get('date', '?')}; hardware {hw.get('cpu', '?')}, {hw.get('cores', '?')} "
+            f"cores; versions {doc.get('versions', '?')}. Every number is measured (output "
+            "tokens/s, ShareGPT, EOS ignored); each cell is the best k of the mode.", "",
+            format_map(m), "", "![throughput vs concurrency](throughput_vs_concurrency.png)"]
+    (out / "regimes.md").write_text("\n".join(text) + "\n")
+    return m
