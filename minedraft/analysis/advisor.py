@@ -10,6 +10,8 @@ the same formulas (minedraft.core.costmodel.step_rate).
 
 from __future__ import annotations
 
+import math
+
 from minedraft.analysis import theory
 from minedraft.core.costmodel import CostProfile, expected_tokens, step_rate
 
@@ -17,6 +19,9 @@ K_MAX = 8
 
 
 def theory_report(alpha: float, k: int, c: float, k_max: int = K_MAX) -> dict:
+    """The paper's closed forms for one (alpha, k, c): expected tokens per step, SD and PSD speed-
+    ups, Theorem 1's threshold and ratio, best k and the recommended mode (paper.md section 2).
+    Raises ValueError for values out of range."""
     advice = theory.advise(alpha, c, k_max)
     return {
         "source": "closed form (paper.md section 2)",
@@ -48,6 +53,9 @@ def profile_speedups(profile: CostProfile, k: int, batch: int) -> dict:
 
 
 def profile_report(profile: CostProfile, k: int, batch: int, k_max: int = 5) -> dict:
+    """The same quantities from a measured profile at `batch` requests (steady state,
+    minedraft.core.costmodel.step_rate) for k in 1..k_max; alpha is the mean acceptance over the
+    first k positions, c the drafter's one-token round over a decode step."""
     at_k = profile_speedups(profile, k, batch)
     per_k = {kk: profile_speedups(profile, kk, batch) for kk in range(1, k_max + 1)}
     best = {m: max(per_k, key=lambda kk: per_k[kk][f"{m}_speedup"]) for m in ("sd", "psd")}
@@ -76,6 +84,7 @@ def profile_report(profile: CostProfile, k: int, batch: int, k_max: int = 5) -> 
 
 
 def format_report(rep: dict) -> str:
+    """A report of theory_report or profile_report as aligned text lines."""
     lines = [f"source: {rep['source']}"]
     if rep.get("assumption"):
         lines.append(f"assumption: {rep['assumption']}")
@@ -98,4 +107,102 @@ def format_report(rep: dict) -> str:
                  + (f" with k={r['k']}" if r["mode"] != "ar" else "")
                  + f": predicted {r['predicted_speedup_over_ar']:.2f}x over ar ({gain:+.0f}%)")
     lines.append(r["reason"])
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- by simulation
+
+LABELS = {"ar": "ar@0", "ar@all": "ar@all", "sd": "sd-ext", "psd": "psd"}
+
+
+def advise_concurrency(profile: CostProfile, concurrency: int, *, output_len: int = 64,
+                       num_prompts: int | None = None, request_rate: float = math.inf,
+                       k_max: int | None = None, seed: int = 0) -> dict:
+    """The mode and k to run with `concurrency` requests in flight (or Poisson arrivals at
+    `request_rate`), from simulating each candidate on the profile's workload: ar on the
+    target's cores, ar on every core (when the profile measured it), sd-ext and psd at
+    k = 1..k_max. Returns the candidates' predicted tok/s and mean E2E latency, the choice (the
+    highest throughput at C, the lowest mean latency at a finite rate) and psd / sd-ext."""
+    from minedraft.analysis.simulate import simulate
+    k_max = k_max or profile.k
+    n = num_prompts or max(8, min(128, 3 * concurrency))
+    kw = dict(num_prompts=n, output_len=output_len, request_rate=request_rate,
+              max_concurrency=None if math.isfinite(request_rate) else concurrency, seed=seed)
+    candidates = [("ar", None)] + ([("ar@all", None)] if profile.decode_all else []) + \
+        [(m, k) for m in ("sd", "psd") for k in range(1, k_max + 1)]
+    preds = []
+    for mode, k in candidates:
+        res = simulate(profile, mode, k=k, **kw)
+        preds.append({"label": LABELS[mode], "k": k, "tok_s": res["output_throughput_tok_s"],
+                      "mean_e2el_ms": res["mean_e2el_ms"]})
+    best_of = {}
+    for p in preds:
+        if p["label"] not in best_of or p["tok_s"] > best_of[p["label"]]["tok_s"]:
+            best_of[p["label"]] = p
+    if math.isfinite(request_rate):
+        choice = min(preds, key=lambda p: p["mean_e2el_ms"])
+    else:
+        choice = max(preds, key=lambda p: p["tok_s"])
+    psd_sd = best_of["psd"]["tok_s"] / best_of["sd-ext"]["tok_s"]
+    return {"concurrency": concurrency, "request_rate": request_rate, "predictions": preds,
+            "best_per_mode": best_of, "choice": choice, "psd_over_sd_ext": psd_sd,
+            "reason": _reason(choice, best_of, psd_sd)}
+
+
+def _reason(choice: dict, best_of: dict, psd_sd: float) -> str:
+    k = f" with k={choice['k']}" if choice["k"] else ""
+    others = sorted((p for lbl, p in best_of.items() if lbl != choice["label"]),
+                    key=lambda p: -p["tok_s"])
+    runner = others[0] if others else None
+    text = f"run {choice['label']}{k}: predicted {choice['tok_s']:.0f} tok/s"
+    if runner:
+        text += (f", {choice['tok_s'] / runner['tok_s']:.2f}x the next best "
+                 f"({runner['label']})")
+    if choice["label"] != "psd":
+        text += f"; psd would give {psd_sd:.2f}x sd-ext here"
+    return text
+
+
+def validate_advisor(profile: CostProfile, regime_doc: dict, tolerance: float = 0.05) -> dict:
+    """The advisor against a measured regime map: per concurrency, its choice among the modes
+    it models (ar@0, ar@all, sd-ext, psd) and the measured best of those; a hit when the choice
+    measured within `tolerance` of the best; and predicted against measured psd / sd-ext."""
+    from minedraft.reporting.regimes import best_per_cell
+    plan = regime_doc["plan"]
+    best = best_per_cell(regime_doc["runs"])
+    rows = []
+    for c in sorted({key[1] for key in best}):
+        measured = {lbl: best[(lbl, c)]["output_throughput_tok_s"]
+                    for lbl in ("ar@0", "ar@all", "sd-ext", "psd") if (lbl, c) in best}
+        if not measured:
+            continue
+        n = max(8, min(plan["max_prompts"], plan["prompts_per_slot"] * c))
+        adv = advise_concurrency(profile, c, output_len=plan["output_len"], num_prompts=n,
+                                 k_max=max(plan["ks"]), seed=plan["seed"])
+        pick = adv["choice"]["label"]
+        top = max(measured.values())
+        got = measured.get(pick)
+        row = {"concurrency": c, "advised": pick, "advised_k": adv["choice"]["k"],
+               "measured_best": max(measured, key=measured.get),
+               "hit": got is not None and got >= (1 - tolerance) * top,
+               "predicted_psd_over_sd_ext": adv["psd_over_sd_ext"]}
+        if "psd" in measured and "sd-ext" in measured:
+            row["measured_psd_over_sd_ext"] = measured["psd"] / measured["sd-ext"]
+            row["ratio_error"] = row["predicted_psd_over_sd_ext"] / \
+                row["measured_psd_over_sd_ext"] - 1
+        rows.append(row)
+    hits = sum(r["hit"] for r in rows)
+    return {"rows": rows, "hit_rate": hits / len(rows) if rows else 0.0, "tolerance": tolerance}
+
+
+def format_advice(rep: dict) -> str:
+    """The simulated candidates and the recommendation, for the terminal."""
+    where = f"{rep['concurrency']} requests in flight" if not math.isfinite(
+        rep["request_rate"]) else f"{rep['request_rate']:g} requests/s"
+    lines = [f"predicted (simulated with the profile's measured costs) at {where}:",
+             "mode     k  out tok/s  mean E2EL ms"]
+    for p in sorted(rep["predictions"], key=lambda p: -p["tok_s"]):
+        lines.append(f"{p['label']:<7} {p['k'] or '-':>2} {p['tok_s']:10.1f} "
+                     f"{p['mean_e2el_ms']:13.0f}")
+    lines.append(f"advice: {rep['reason']}")
     return "\n".join(lines)

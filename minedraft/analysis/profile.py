@@ -1,19 +1,21 @@
-"""`minedraft profile`: measure a cost profile (see minedraft.simulate) through vLLM.
+"""`minedraft profile`: measure a cost profile (minedraft.core.costmodel) through vLLM, in minutes.
 
-One engine per mode, reused over a grid of batch sizes (all requests of a batch sent at once,
-every request generating `output_len` tokens):
+One engine per mode, each reused over a grid of batch sizes (all requests of a batch sent at
+once, every request generating `output_len` tokens):
 
-* ``ar`` on the target's cores: the decode step time at each batch (median interval between
-  engine steps after the prefill), and prefill time against prompt length (one request at a time,
-  one output token: its TTFT);
-* ``sd-ext`` (drafter in its own process on its own cores, drafting then verifying): the PSD
-  scheduler's per-step trace gives the drafter's round time by drafted batch, the target's
-  verification time by verified tokens and the per-step overhead; vLLM's speculative counters
-  give the acceptance per draft position;
-* ``psd`` (optional) at the largest batch: the extra cost of an overlapped step over
-  max(draft, verify) predicted by the sd-ext curves (contention, communication).
+* ``ar`` on the target's cores (and, with `all_cores`, on every core): the decode step time by
+  batch (median interval between engine steps after the prefill) and prefill time by prompt
+  length (one request at a time: its TTFT);
+* the drafter alone, through its own channel (the process the scheduler would start): round
+  time by requests and k, and its prefill time by prompt tokens;
+* ``sd-ext`` at k: the target's verification time by tokens (from the PSD scheduler's trace),
+  the per-step overhead of sequential steps, and vLLM's acceptance per draft position on the
+  workload;
+* ``psd`` at k at two batch sizes: how much slower drafting and verification run side by side
+  than alone (memory bandwidth is shared), and the per-step overhead of overlapped steps.
 
-ShareGPT prompt and answer lengths (token counts, the bench workload's order) are stored too.
+ShareGPT prompt and answer lengths (the bench workload's order) are stored too. All times are
+medians in ms, all of them measured on this machine.
 """
 
 from __future__ import annotations
@@ -26,27 +28,33 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-from minedraft.core.costmodel import PROFILE_KIND, Curve
+from minedraft.core.costmodel import PROFILE_KIND, Curve, DraftCost
 from minedraft.core.errors import ConfigError
 
-DEFAULT_BATCHES = (1, 2, 4, 8)
+DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+WORKLOAD_OUTPUT_LEN = 64  # the workload whose prompt lengths the profile stores
 
 
 @dataclass
 class ProfileConfig:
+    """What `minedraft profile` measures: models, the largest k, batch sizes, output tokens per
+    measurement, cores, dtype, the lean drafter's quantization, and which optional engines (psd,
+    every core) run."""
     target: str
     draft: str | None = None
-    k: int = 3
+    k: int = 4  # the largest k measured (drafter rounds: 1..k; sd-ext and psd: k)
     batches: tuple[int, ...] = DEFAULT_BATCHES
-    output_len: int = 64
+    output_len: int = 32
     prefill_prompts: int = 6
     target_cores: str = "0"
     draft_cores: str | None = None
     dtype: str = "bfloat16"
+    draft_quantization: str | None = None
     enforce_eager: bool = False
     max_model_len: int = 2048
     kv_cache_gib: int = 2
     psd: bool = True
+    all_cores: bool = True  # also ar on every core (plain decoding's use of the drafter's core)
     workload_prompts: int = 256
     seed: int = 0
     progress: bool = False
@@ -73,21 +81,6 @@ def step_intervals_ms(times: list[float]) -> list[float]:
     return [1000 * (b - a) for a, b in zip(times, times[1:])]
 
 
-def trace_points(records: list[dict]) -> dict:
-    """From sd-ext trace lines: drafter rounds [batch, ms], target verification [tokens, ms] and
-    per-step overheads (step - draft - verify, ms)."""
-    draft, verify, overhead = [], [], []
-    for r in records:
-        if not r.get("verify") or "verify_ms" not in r:
-            continue
-        verify.append([r["verify"] + r.get("drafted_tokens", 0), r["verify_ms"]])
-        if r.get("draft") and "draft_ms" in r:
-            draft.append([r["draft"], r["draft_ms"]])
-            if "step_ms" in r:
-                overhead.append(r["step_ms"] - r["draft_ms"] - r["verify_ms"])
-    return {"draft": draft, "verify": verify, "overhead": overhead}
-
-
 def robust_points(points: list[list[float]], min_count: int = 3) -> list[list[float]]:
     """[x, median ms] per distinct x, keeping only the sizes seen at least `min_count` times when
     two or more are (odd sizes, such as the last steps of a run, are rare and noisy)."""
@@ -98,17 +91,6 @@ def robust_points(points: list[list[float]], min_count: int = 3) -> list[list[fl
     if len(keep) < 2:
         keep = groups
     return [[x, statistics.median(v)] for x, v in sorted(keep.items())]
-
-
-def psd_overheads(records: list[dict], draft_round: Curve, verify: Curve) -> list[float]:
-    """Per overlapped psd step: its time minus max(draft, verify) as the sd-ext curves predict
-    them for its batches (contention and communication end up here)."""
-    out = []
-    for r in records:
-        if r.get("overlapped") and r.get("verify") and r.get("draft") and "step_ms" in r:
-            tokens = r["verify"] + r.get("drafted_tokens", 0)
-            out.append(r["step_ms"] - max(draft_round(r["draft"]), verify(tokens)))
-    return out
 
 
 def linear_fit(points: list[list[float]], x_max: float) -> list[list[float]]:
@@ -122,6 +104,40 @@ def linear_fit(points: list[list[float]], x_max: float) -> list[list[float]]:
     b = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx) if sxx else 0.0
     a = max(0.0, my - b * mx)
     return [[0, a], [x_max, a + b * x_max]]
+
+
+def _decode_only(r: dict) -> bool:
+    """A step whose target work is verification alone (no prompt prefilled in it)."""
+    return not r.get("tokens") or r["tokens"] == r.get("verify", 0) + r.get("drafted_tokens", 0)
+
+
+def sequential_points(records: list[dict]) -> dict:
+    """From sd-ext trace records: verification [tokens, ms] and the per-step overhead of
+    sequential steps (step - draft - verify, ms)."""
+    verify, overhead = [], []
+    for r in records:
+        if not r.get("verify") or "verify_ms" not in r or not _decode_only(r):
+            continue
+        verify.append([r["verify"] + r.get("drafted_tokens", 0), r["verify_ms"]])
+        if "draft_ms" in r and "step_ms" in r:
+            overhead.append(r["step_ms"] - r["draft_ms"] - r["verify_ms"])
+    return {"verify": verify, "overhead": overhead}
+
+
+def overlap_terms(records: list[dict], draft: DraftCost, verify: Curve, k: int) -> dict:
+    """From psd trace records (overlapped, decode-only steps): how much slower drafting and
+    verification ran side by side than the isolated curves say (ratios of sums), and the
+    per-step overhead beyond max(draft, verify) (mean, ms)."""
+    steps = [r for r in records if r.get("kind") == "psd" and r.get("verify") and r.get("draft")
+             and "draft_ms" in r and "verify_ms" in r and _decode_only(r)]
+    if not steps:
+        return {"draft": 1.0, "verify": 1.0, "overhead": 0.0}
+    c_draft = sum(r["draft_ms"] for r in steps) / sum(draft(r["draft"], k) for r in steps)
+    c_verify = sum(r["verify_ms"] for r in steps) / sum(
+        verify(r["verify"] + r.get("drafted_tokens", 0)) for r in steps)
+    overhead = statistics.fmean(r["step_ms"] - max(r["draft_ms"], r["verify_ms"])
+                                for r in steps)
+    return {"draft": c_draft, "verify": c_verify, "overhead": max(0.0, overhead)}
 
 
 def _median(values: list[float], default: float = 0.0) -> float:
@@ -170,13 +186,15 @@ def _params(max_tokens: int):
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
 
 
-def _engine_config(cfg: ProfileConfig, mode: str, trace_path: str | None = None):
+def _engine_config(cfg: ProfileConfig, mode: str, trace_path: str | None = None,
+                   cores: str | None = None, target: str | None = None):
     from minedraft.runtime.config import EngineConfig
     external = mode in ("sd-ext", "psd")
-    return EngineConfig(mode=mode, target=cfg.target, draft=cfg.draft,
+    return EngineConfig(mode=mode, target=target or cfg.target, draft=cfg.draft,
                         num_speculative_tokens=cfg.k, dtype=cfg.dtype,
-                        target_cores=cfg.target_cores,
+                        target_cores=cores or cfg.target_cores,
                         draft_cores=cfg.draft_cores if external else None,
+                        draft_quantization=cfg.draft_quantization if external else None,
                         trace_path=trace_path, max_model_len=cfg.max_model_len,
                         kv_cache_gib=cfg.kv_cache_gib, enforce_eager=cfg.enforce_eager,
                         seed=cfg.seed).validate()
@@ -188,34 +206,80 @@ def _run(engine, requests, max_tokens: int, concurrency: int | None = None, on_s
                         max_concurrency=concurrency, on_step=on_step)
 
 
-def measure_ar(cfg: ProfileConfig, requests) -> dict:
+def measure_ar(cfg: ProfileConfig, requests, cores: str, prefill: bool = True) -> dict:
+    """Decode step ms by batch (and prefill ms by prompt tokens) of the target on `cores`."""
     from minedraft.runtime.engine import Engine
     out = {"decode": [], "prefill": []}
-    with Engine(_engine_config(cfg, "ar")) as engine:
-        _log(f"ar engine ready in {engine.startup_s:.0f} s")
+    with Engine(_engine_config(cfg, "ar", cores=cores)) as engine:
+        _log(f"ar on cores {cores}: engine ready in {engine.startup_s:.0f} s")
         _run(engine, requests[:2], 8)  # warm-up
         for b in cfg.batches:
             times: list[float] = []
             _run(engine, requests[:b], cfg.output_len, on_step=times.append)
-            ms = _median(step_intervals_ms(times))
-            out["decode"].append([b, ms])
-            _log(f"ar batch {b}: {ms:.1f} ms per decode step")
-        by_len = sorted(requests, key=lambda r: len(r.prompt_token_ids))
-        n = cfg.prefill_prompts
-        picks = [by_len[round(i * (len(by_len) - 1) / max(1, n - 1))] for i in range(n)]
-        _run(engine, [by_len[len(by_len) // 2]], 1)  # warm-up: the first prefill is slower
-        for req in picks:
-            results, _ = _run(engine, [req], 1)
-            r = results[0]
-            out["prefill"].append([r.prompt_len, 1000 * (r.first_token_time - r.submit_time)])
-        _log(f"prefill points {[[p, round(ms, 1)] for p, ms in out['prefill']]}")
-        out["prefill_fit"] = linear_fit(out["prefill"], max(len(r.prompt_token_ids)
-                                                            for r in requests))
+            out["decode"].append([b, _median(step_intervals_ms(times))])
+        _log(f"ar decode ms by batch {[[b, round(ms, 1)] for b, ms in out['decode']]}")
+        if prefill:
+            by_len = sorted(requests, key=lambda r: len(r.prompt_token_ids))
+            n = cfg.prefill_prompts
+            picks = [by_len[round(i * (len(by_len) - 1) / max(1, n - 1))] for i in range(n)]
+            _run(engine, [by_len[len(by_len) // 2]], 1)  # the first prefill is slower
+            for req in picks:
+                r = _run(engine, [req], 1)[0][0]
+                out["prefill"].append([r.prompt_len, 1000 * (r.first_token_time - r.submit_time)])
     return out
 
 
+def measure_drafter(cfg: ProfileConfig, requests) -> dict:
+    """The drafter alone, through its channel: round ms by (requests, k) for k = 1..cfg.k, and
+    its prefill ms by prompt tokens (taking in new prompts)."""
+    from minedraft import models
+    from minedraft.core import messages as m
+    from minedraft.drafter.client import DrafterClient, drafter_command, free_tcp_address
+    from minedraft.drafter.client import spawn_drafter
+    from minedraft.runtime.engine import default_draft
+
+    config = _engine_config(cfg, "sd-ext")
+    address = free_tcp_address()
+    settings = config.psd_settings(str(models.resolve(default_draft(config))))
+    cmd = drafter_command(settings.draft, address, cores=settings.draft_cores,
+                          dtype=settings.draft_dtype, max_model_len=cfg.max_model_len,
+                          backend=settings.backend, quantization=settings.draft_quantization)
+    client = DrafterClient(address, spawn_drafter(cmd), timeout_s=120)
+    rounds, prefill = [], []
+    try:
+        client.send(m.Hello())
+        client.receive(timeout_s=600)
+        for b in cfg.batches:
+            seqs = {f"p{b}-{i}": list(r.prompt_token_ids) for i, r in
+                    enumerate(requests[:b])}
+            client.send(m.Draft(k=1, reqs={rid: m.Tokens(0, s) for rid, s in seqs.items()},
+                                ingest=list(seqs)))
+            reply = client.receive()
+            prefill.append([sum(map(len, seqs.values())), reply.draft_ms])
+            for k in range(1, cfg.k + 1):
+                times = []
+                for rep in range(3):  # each round: the last round's drafts half accepted
+                    reqs = {}
+                    for rid, s in seqs.items():
+                        start = len(s)
+                        s.extend([s[-1]] * (1 + k // 2))
+                        reqs[rid] = m.Tokens(start, s[start:])
+                    client.send(m.Draft(k=k, reqs=reqs))
+                    times.append(client.receive().draft_ms)
+                rounds.append([b, k, statistics.median(times)])
+            client.send(m.Draft(k=1, reqs={}, free=list(seqs)))
+            client.receive()
+    finally:
+        client.close()
+    _log(f"drafter round ms [batch, k, ms] {[[b, k, round(ms, 1)] for b, k, ms in rounds]}")
+    return {"rounds": rounds, "prefill": prefill}
+
+
 def measure_speculative(cfg: ProfileConfig, requests, mode: str, batches) -> dict:
+    """Trace records (as dicts, with the batch) and vLLM's speculative counters of `mode` runs
+    at each batch (psd: twice the batch in requests, so both sides stay busy)."""
     import msgspec
+
     from minedraft.core.trace import read_trace, trace_size
     from minedraft.runtime.engine import Engine
     fd, trace = tempfile.mkstemp(prefix=f"minedraft-profile-{mode}-", suffix=".jsonl")
@@ -229,12 +293,11 @@ def measure_speculative(cfg: ProfileConfig, requests, mode: str, batches) -> dic
             for b in batches:
                 offset = trace_size(trace)
                 n = b if mode == "sd-ext" else 2 * b
-                _run(engine, requests[:n], cfg.output_len, concurrency=b)
+                _run(engine, requests[:n], cfg.output_len, concurrency=n)
                 new = read_trace(trace, offset)
                 records.extend({**msgspec.to_builtins(r), "batch": b} for r in new)
                 _log(f"{mode} batch {b}: {len(new)} steps")
             spec = engine.spec.summary()
-        records = records or [msgspec.to_builtins(r) for r in read_trace(trace)]
     finally:
         os.unlink(trace)
     return {"records": records, "spec": spec}
@@ -244,6 +307,7 @@ def run_profile(cfg: ProfileConfig) -> dict:
     """Measure everything and return the profile document (JSON-ready)."""
     from minedraft import models
     from minedraft.bench.provenance import provenance
+    from minedraft.core.cores import omp_bind
     from minedraft.runtime.api import load_workload
     from minedraft.runtime.engine import default_draft
     cfg.validate()
@@ -253,52 +317,61 @@ def run_profile(cfg: ProfileConfig) -> dict:
     n_req = max(2 * max(cfg.batches), cfg.prefill_prompts, 8)
     requests = load_workload("sharegpt", tokenizer, n_req, seed=cfg.seed,
                              max_prompt_len=max_prompt)
+    # the lengths of the requests bench and the regime map send (64 output tokens by default)
     prompt_lens, output_lens = sharegpt_lengths(tokenizer, cfg.workload_prompts, cfg.seed,
-                                                max_prompt)
-    ar = measure_ar(cfg, requests)
+                                                cfg.max_model_len - WORKLOAD_OUTPUT_LEN)
+    ar = measure_ar(cfg, requests, cfg.target_cores)
+    ar_all = measure_ar(cfg, requests, "all", prefill=False) if cfg.all_cores else None
+    drafter = measure_drafter(cfg, requests)
+    draft_cost = DraftCost(drafter["rounds"], cfg.k)
     sdx = measure_speculative(cfg, requests, "sd-ext", cfg.batches)
-    pts = trace_points(sdx["records"])
-    if not pts["verify"] or not pts["draft"]:
+    pts = sequential_points(sdx["records"])
+    if not pts["verify"]:
         raise RuntimeError("the sd-ext trace has no verified steps; nothing to profile")
-    draft_curve = Curve(robust_points(pts["draft"]), "drafter.round_ms")
     verify_curve = Curve(robust_points(pts["verify"]), "target.verify_ms")
-    overhead = {"sd": max(0.0, _median(pts["overhead"]))}
+    overlap = {"draft": 1.0, "verify": 1.0, "overhead": _median(pts["overhead"])}
     psd_raw = None
     if cfg.psd:
-        psd = measure_speculative(cfg, requests, "psd", [max(cfg.batches)])
+        big = sorted(cfg.batches)
+        psd_batches = sorted({big[len(big) // 2], big[-1]})
+        psd = measure_speculative(cfg, requests, "psd", psd_batches)
         psd_raw = psd["records"]
-        overhead["psd"] = max(0.0, _median(psd_overheads(psd_raw, draft_curve, verify_curve),
-                                           overhead["sd"]))
-    else:
-        overhead["psd"] = overhead["sd"]
-    from minedraft.core.cores import omp_bind, parse_cores
-    draft_cores = cfg.draft_cores or ",".join(
-        map(str, sorted(set(parse_cores("all")) - set(parse_cores(cfg.target_cores)))))
+        overlap = overlap_terms(psd_raw, draft_cost, verify_curve, cfg.k)
+    config = _engine_config(cfg, "sd-ext")
     doc = {
-        "kind": PROFILE_KIND, "version": 1, "k": cfg.k,
+        "kind": PROFILE_KIND, "version": 2, "k": cfg.k,
         "source": "measured by `minedraft profile` through vLLM on this machine",
-        "assumption": "none: every number measured (times are medians per batch)",
-        "devices": {"target_cores": omp_bind(cfg.target_cores), "draft_cores": draft_cores},
-        "models": {"target": cfg.target, "draft": default_draft(_engine_config(cfg, "ar"))},
+        "assumption": "none: every number measured (times are medians)",
+        "devices": {"target_cores": omp_bind(cfg.target_cores),
+                    "draft_cores": config.drafter_cores()},
+        "models": {"target": cfg.target, "draft": default_draft(config),
+                   "draft_quantization": cfg.draft_quantization},
         "target": {"decode_ms": ar["decode"], "verify_ms": verify_curve.to_points(),
-                   "prefill_ms": ar["prefill_fit"], "prefill_points_ms": ar["prefill"]},
-        "drafter": {"round_ms": draft_curve.to_points()},
-        "overhead_ms": overhead,
+                   "prefill_ms": linear_fit(ar["prefill"], max_prompt),
+                   "prefill_points_ms": ar["prefill"],
+                   **({"decode_all_cores_ms": ar_all["decode"]} if ar_all else {})},
+        "drafter": {"round_ms": drafter["rounds"],
+                    "prefill_ms": linear_fit(drafter["prefill"], max(p[0] for p in
+                                                                     drafter["prefill"]))},
+        "overlap": {"draft_slowdown": overlap["draft"], "verify_slowdown": overlap["verify"]},
+        "overhead_ms": {"sequential": max(0.0, _median(pts["overhead"])),
+                        "psd": overlap["overhead"], "none": 0.0},
         "acceptance_per_position": sdx["spec"].get("acceptance_per_position", []),
         "acceptance_rate": sdx["spec"].get("acceptance_rate"),
         "workload": {"dataset": "sharegpt", "seed": cfg.seed, "prompt_lens": prompt_lens,
                      "output_lens": output_lens},
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), "batches": list(cfg.batches)},
         "raw": {"sd_ext_trace": sdx["records"], "psd_trace": psd_raw},
-        "profile_seconds": time.perf_counter() - t0,
         **provenance(),
     }
-    doc["config"]["batches"] = list(cfg.batches)
+    doc["profile_seconds"] = time.perf_counter() - t0
     _log(f"done in {doc['profile_seconds']:.0f} s")
     return doc
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4), sorted without repeats; raises ValueError for anything but integers >=
+    1."""
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:

@@ -31,9 +31,11 @@ from minedraft.bench.metrics import serving_metrics
 from minedraft.bench.runner import RequestResult, arrival_offsets
 from minedraft.core.costmodel import CostProfile
 from minedraft.core.subbatch import SubBatches, plan_step
+from minedraft.core.trace import StepRecord
 
-SIM_MODES = ("ar", "sd", "psd")
-MODE_ALIASES = {"sd-ext": "sd"}  # bench's sd-ext is the simulator's sd (drafter on its own cores)
+SIM_MODES = ("ar", "ar@all", "sd", "psd", "auto")
+# bench's sd-ext is the simulator's sd (drafter on its own cores); ar@0: ar on the target's cores
+MODE_ALIASES = {"sd-ext": "sd", "ar@0": "ar"}
 
 
 # --------------------------------------------------------------------------- the simulation
@@ -51,10 +53,11 @@ class _Req:
 
     @property
     def rid(self) -> str:
+        """The request id the sub-batch code keys it by."""
         return str(self.index)
 
 
-STEP_KIND = {"ar": "none", "sd": "sequential", "psd": "psd"}
+STEP_KIND = {"ar": "none", "ar@all": "none", "sd": "sequential", "psd": "psd"}
 
 
 def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_len: int | None = 128,
@@ -82,8 +85,14 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
         raise ValueError(f"k must be >= 1, got {k}")
     if num_prompts < 1:
         raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+    if mode == "ar@all" and profile.decode_all is None:
+        raise ValueError("the profile has no decode_all_cores_ms: measure it with "
+                         "`minedraft profile` (all cores)")
     rng = random.Random(seed)
-    cond = profile.conditional_acceptance(k)
+    policy = None
+    if mode == "auto":
+        from minedraft.vllm_ext.auto import AutoPolicy
+        policy = AutoPolicy(k)  # learns online, as in the engine
     plens = profile.prompt_lens or [128]
     olens = output_lens or profile.output_lens or [128]
     reqs = []
@@ -95,12 +104,15 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
     waiting: deque[_Req] = deque()
     running: list[_Req] = []
     by_rid: dict[str, _Req] = {}
-    batches = SubBatches(overlap=mode == "psd")
+    batches = SubBatches(overlap=mode in ("psd", "auto"))
     counters = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "per_pos": [0] * k}
     steps: list[dict] = []
     t = 0.0
+    decode = profile.decode_all if mode == "ar@all" else profile.decode
+    drafter = mode not in ("ar", "ar@all")
 
-    def accept(n_draft: int) -> int:
+    def accept(n_draft: int, k_step: int) -> int:
+        cond = profile.conditional_acceptance(k_step)
         n = 0
         while n < n_draft and rng.random() < cond[n]:
             n += 1
@@ -128,6 +140,7 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
             if rid not in batches.side:
                 batches.join(rid)
         batches.rebalance()
+        kind, k_step = policy.choose(len(decoding)) if policy else (STEP_KIND[mode], k)
         prefill: list[_Req] = []
         budget = max_num_batched_tokens
         while waiting and len(running) < max_num_seqs and (
@@ -139,10 +152,12 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
             prefill.append(r)
         prefill_tokens = sum(r.prompt_len for r in prefill)
         fresh = {rid for rid in decoding if by_rid[rid].drafts_at == by_rid[rid].tokens}
-        plan = plan_step(batches, decoding, fresh, STEP_KIND[mode])
+        plan = plan_step(batches, decoding, fresh, kind)
         colo = colocated and mode == "sd"
-        catch_up_ms = profile.draft_ms(len(plan.catch_up), k, colo) if plan.catch_up else 0.0
-        draft_ms = profile.draft_ms(len(plan.draft), k) if plan.draft else 0.0
+        catch_up_ms = profile.draft_ms(len(plan.catch_up), k_step, colo) if plan.catch_up else 0.0
+        draft_ms = profile.draft_ms(len(plan.draft), k_step) if plan.draft else 0.0
+        ingest_ms = profile.draft_prefill(prefill_tokens) \
+            if drafter and prefill and profile.draft_prefill else 0.0
         for rid in plan.catch_up:
             by_rid[rid].drafts_at = by_rid[rid].tokens
         emitted: dict[int, int] = {}  # index -> tokens produced this step
@@ -150,33 +165,53 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
         spec = {}
         for rid in plan.verify:
             r = by_rid[rid]
-            has = mode != "ar" and r.drafts_at == r.tokens
-            spec[rid] = min(k, max(0, r.output_len - r.tokens - 1)) if has else 0
+            has = drafter and r.drafts_at == r.tokens
+            spec[rid] = min(k_step, max(0, r.output_len - r.tokens - 1)) if has else 0
             n_tokens += 1 + spec[rid]
-        if mode == "ar":
-            verify_ms = profile.decode(len(plan.verify)) if plan.verify else 0.0
+        if not plan.verify:
+            verify_ms = 0.0
+        elif plan.kind == "none" and not any(spec.values()):
+            verify_ms = decode(len(plan.verify))
         else:
-            verify_ms = profile.verify(n_tokens) if plan.verify else 0.0
+            verify_ms = profile.verify(n_tokens)
         verify_ms += profile.prefill_extra_ms(prefill_tokens, alone=not plan.verify)
-        overhead = 0.0
-        if plan.verify and mode != "ar":
-            overhead = profile.overhead_psd_ms if plan.overlapped else profile.overhead_sd_ms
-        step_ms = catch_up_ms + (max(draft_ms, verify_ms) if plan.overlapped
-                                 else draft_ms + verify_ms) + overhead
+        overhead = profile.overhead_ms(plan.kind) if plan.verify and drafter else 0.0
+        if plan.overlapped:
+            drafting = profile.draft_slowdown * (draft_ms + ingest_ms)
+            body = max(drafting, profile.verify_slowdown * verify_ms)
+        else:  # new prompts are taken in while the target works; a longer intake waits
+            drafting = draft_ms
+            body = verify_ms + max(0.0, ingest_ms - verify_ms)
+        step_ms = catch_up_ms + body + overhead
+        drafts_seen = []
         for rid in plan.verify:
-            emitted[by_rid[rid].index] = 1 + accept(spec[rid])
+            a = accept(spec[rid], k_step)
+            emitted[by_rid[rid].index] = 1 + a
+            if spec[rid]:
+                drafts_seen.append((spec[rid], a))
         for rid in plan.draft:
             by_rid[rid].drafts_at = by_rid[rid].tokens
         for r in prefill:
             emitted[r.index] = 1
+        if policy is not None:
+            policy.observe_drafts(drafts_seen)
+            for n_round, ms in ((len(plan.catch_up), catch_up_ms), (len(plan.draft), drafting)):
+                if n_round:
+                    policy.observe_round(n_round, k_step, ms)
+            policy.observe_step(StepRecord(
+                kind=plan.kind, k=k_step, verify=len(plan.verify), draft=len(plan.draft),
+                catch_up=len(plan.catch_up), tokens=n_tokens + prefill_tokens,
+                drafted_tokens=sum(spec.values()), verify_ms=verify_ms,
+                draft_ms=(catch_up_ms + drafting) or None, step_ms=step_ms))
         if timeline is not None:
             timeline.append({"start_ms": 1000 * t, "step_ms": step_ms,
-                             "draft_ms": draft_ms + catch_up_ms, "verify_ms": verify_ms,
-                             "overlapped": plan.overlapped, "verify": len(plan.verify)})
+                             "draft_ms": drafting + catch_up_ms, "verify_ms": verify_ms,
+                             "overlapped": plan.overlapped, "verify": len(plan.verify),
+                             "kind": plan.kind, "k": k_step})
         t += step_ms / 1000
         batches.flip()
         if plan.verify:
-            steps.append({"step_ms": step_ms, "draft_ms": draft_ms + catch_up_ms,
+            steps.append({"step_ms": step_ms, "draft_ms": drafting + catch_up_ms,
                           "verify_ms": verify_ms, "overlapped": plan.overlapped})
         for idx, n in emitted.items():
             r = reqs[idx]
@@ -194,7 +229,7 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
     metrics = serving_metrics([r.result for r in reqs], t)
     metrics["mode"] = mode
     metrics["simulated"] = True
-    if mode != "ar":
+    if mode not in ("ar", "ar@all"):
         metrics["num_speculative_tokens"] = k
         if counters["drafts"]:
             metrics.update(
@@ -205,7 +240,7 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
     if steps:
         metrics["num_steps"] = len(steps)
         metrics["mean_step_ms"] = statistics.fmean(s["step_ms"] for s in steps)
-        if mode != "ar":
+        if mode not in ("ar", "ar@all"):
             metrics["mean_draft_ms"] = statistics.fmean(s["draft_ms"] for s in steps)
             metrics["mean_verify_ms"] = statistics.fmean(s["verify_ms"] for s in steps)
     return metrics
@@ -216,37 +251,54 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
 VALIDATED_KEYS = (("output_throughput_tok_s", "out tok/s"), ("mean_e2el_ms", "mean E2EL ms"))
 
 
+def sim_mode(run: dict, profile: CostProfile) -> str | None:
+    """The simulator's mode for a bench or regime run, or None when the profile cannot simulate
+    it: vLLM's own sd (its drafter runs inside the target's step, a cost the profile does not
+    separate), or a run on other cores than the profile's."""
+    label = run.get("label") or run.get("mode")
+    cores = run.get("config", {}).get("target_cores")
+    if label in ("ar@all",) or (label == "ar" and cores == "all" and
+                                not _same_cores(profile.target_cores, "all")):
+        return "ar@all" if profile.decode_all is not None else None
+    if label in ("sd@0", "sd@all", "sd"):
+        return None
+    mode = MODE_ALIASES.get(label, label)
+    if mode not in SIM_MODES or not _same_cores(profile.target_cores, cores):
+        return None
+    return mode
+
+
 def validate_runs(profile: CostProfile, runs: list[dict], workload: dict, *,
                   seed: int | None = None) -> list[dict]:
-    """Simulate every bench run (each with its `request_rate` and `config`) on the workload it
-    served (`num_prompts`, `output_len`, `max_concurrency`); one row per (run, metric) with the
-    measured value, the simulated one and the relative error."""
+    """Simulate every bench or regime run on the workload it served (requests, output length,
+    requests in flight, rate, k) and compare; one row per (run, metric) with the measured value,
+    the simulated one and the relative error. Runs the profile cannot simulate are skipped
+    (see `sim_mode`)."""
     rows = []
     for run in runs:
-        mode = run.get("mode")
+        mode = sim_mode(run, profile)
+        if mode is None:
+            continue
         config = run.get("config", {})
-        colocated = mode == "sd"  # vLLM's own sd: the drafter on the target's cores
-        if MODE_ALIASES.get(mode, mode) not in SIM_MODES or (
-                colocated and profile.colocated_round is None):
-            continue  # the profile has no costs for this run
-        if not _same_cores(profile.target_cores, config.get("target_cores")):
-            continue  # measured on other cores than the profile's target
-
         rate = float(run.get("request_rate", workload.get("request_rate", "inf")))
+        c = run.get("concurrency")
+        in_flight = (2 * c if run.get("protocol") == "paper" else c) if c else \
+            workload.get("max_concurrency")
         sim = simulate(profile, mode,
                        num_prompts=int(run.get("num_requests") or workload.get("num_prompts", 16)),
                        output_len=int(workload.get("output_len", 128)), request_rate=rate,
-                       max_concurrency=workload.get("max_concurrency"),
+                       max_concurrency=in_flight,
                        k=int(config.get("num_speculative_tokens") or profile.k),
                        seed=int(config.get("seed", 0)) if seed is None else seed,
-                       max_num_seqs=int(config.get("max_num_seqs", 256)), colocated=colocated)
+                       max_num_seqs=int(config.get("max_num_seqs", 256)))
         for key, label in VALIDATED_KEYS:
             measured, predicted = run.get(key), sim.get(key)
             if measured is None or predicted is None:
                 continue
-            rows.append({"mode": mode, "k": None if mode == "ar" else sim.get(
-                "num_speculative_tokens"), "request_rate": rate, "metric": label,
-                         "measured": measured, "simulated": predicted,
+            rows.append({"mode": run.get("label") or mode,
+                         "k": sim.get("num_speculative_tokens"), "request_rate": rate,
+                         "concurrency": in_flight, "protocol": run.get("protocol"),
+                         "metric": label, "measured": measured, "simulated": predicted,
                          "error": (predicted - measured) / measured})
     return rows
 
@@ -262,11 +314,12 @@ def _same_cores(a: str | None, b: str | None) -> bool:
 
 
 def format_validation(rows: list[dict], tolerance: float = 0.10) -> str:
-    lines = ["| mode | k | request rate | metric | bench | simulated | error |",
-             "|---|---|---|---|---|---|---|"]
+    """Markdown error table (simulated against measured)."""
+    lines = ["| mode | k | in flight | request rate | metric | bench | simulated | error |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flag = "" if abs(r["error"]) <= tolerance else " (outside 10%)"
-        lines.append(f"| {r['mode']} | {r.get('k') or '-'} | {r['request_rate']:g} | {r['metric']} | "
-                     f"{r['measured']:.1f} | {r['simulated']:.1f} | "
-                     f"{100 * r['error']:+.1f}%{flag} |")
+        lines.append(f"| {r['mode']} | {r.get('k') or '-'} | {r.get('concurrency') or '-'} | "
+                     f"{r['request_rate']:g} | {r['metric']} | {r['measured']:.1f} | "
+                     f"{r['simulated']:.1f} | {100 * r['error']:+.1f}%{flag} |")
     return "\n".join(lines)

@@ -21,6 +21,9 @@ def _mean(values: list[float]) -> float:
 
 
 def serving_metrics(results: list[RequestResult], duration_s: float) -> dict:
+    """`vllm bench serve`'s metrics from per-request timings: counts, throughput (tokens/s,
+    requests/s over `duration_s` seconds) and mean/p50/p99 of TTFT, TPOT and end-to-end latency
+    in ms. Requests that did not finish are left out."""
     done = [r for r in results if r.finish_time is not None]
     ttft = [1000 * (r.first_token_time - r.submit_time) for r in done if r.first_token_time]
     e2el = [1000 * (r.finish_time - r.submit_time) for r in done]

@@ -26,6 +26,8 @@ from minedraft.core.errors import MineDraftError
 
 @dataclass
 class OnlineOptions:
+    """One online benchmark: the server, the workload's arrivals and limits, goodput targets (ms),
+    and the optional drafter kill of a load test."""
     base_url: str
     output_len: int = 128
     request_rate: float = math.inf
@@ -64,6 +66,8 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def server_mode(m: dict[str, float]) -> tuple[str, int | None]:
+    """(mode, k) a server runs, from its /metrics: minedraft's info gauge, else sd when vLLM counts
+    drafts, else ar."""
     info = [k for k in m if k.startswith("minedraft:info{mode=")]
     if info:
         mode = info[0].split("{mode=")[1].split("}")[0]
@@ -223,7 +227,7 @@ async def run_online(requests: list[Request], opt: OnlineOptions) -> dict:
             results[i].finish_time = None
     out = {**serving_metrics(results, duration), **server_metrics(before, after)}
     good = [r for r in results if r.finish_time is not None and r.first_token_time is not None
-            and _meets(r, opt)]
+            and meets_goodput(r, opt)]
     out.update(
         mode=mode, base_url=base, model=model,
         config={"num_speculative_tokens": k, "target_cores": "server"},
@@ -238,7 +242,9 @@ async def run_online(requests: list[Request], opt: OnlineOptions) -> dict:
     return out
 
 
-def _meets(r: RequestResult, opt: OnlineOptions) -> bool:
+def meets_goodput(r: RequestResult, opt: OnlineOptions) -> bool:
+    """The request met both goodput targets (TTFT and TPOT at most the thresholds, in ms; a
+    target left unset always passes)."""
     ttft = 1000 * (r.first_token_time - r.submit_time)
     n = len(r.token_ids)
     tpot = 1000 * (r.finish_time - r.first_token_time) / (n - 1) if n > 1 else 0.0
@@ -261,4 +267,6 @@ def median_of_online_runs(runs: list[dict]) -> dict:
 
 
 def benchmark_online(requests: list[Request], opt: OnlineOptions) -> dict:
+    """Run `run_online` to completion (its own event loop); raises OnlineError when the server
+    cannot be used."""
     return asyncio.run(run_online(requests, opt))

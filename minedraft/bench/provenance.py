@@ -18,6 +18,7 @@ def _version(dist: str) -> str | None:
 
 
 def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's guess)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -29,6 +30,8 @@ def cpu_model() -> str:
 
 
 def provenance() -> dict:
+    """Where a result came from: UTC date, the command line, hardware (CPU, cores, memory GiB) and
+    the versions of Python, MineDraft, vLLM, torch and transformers."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

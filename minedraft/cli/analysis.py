@@ -17,6 +17,7 @@ from minedraft.runtime.config import ALL_MODES
 # --------------------------------------------------------------------------- value checkers
 
 def alpha_value(text: str) -> float:
+    """argparse type: an acceptance probability in [0, 1)."""
     value = number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
@@ -24,6 +25,7 @@ def alpha_value(text: str) -> float:
 
 
 def cost_ratio(text: str) -> float:
+    """argparse type: a finite cost ratio >= 0."""
     value = number(text)
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
@@ -31,12 +33,16 @@ def cost_ratio(text: str) -> float:
 
 
 def output_len_value(text: str) -> int | None:
+    """argparse type: tokens per request, or 'sharegpt' (None) to draw them from ShareGPT's
+    answers."""
     if text == "sharegpt":
         return None
     return positive_int(text)
 
 
 def sim_modes(text: str) -> list[str]:
+    """argparse type: simulator modes, comma-separated (sd-ext and ar@0 are accepted as their
+    aliases)."""
     from minedraft.analysis.simulate import MODE_ALIASES, SIM_MODES
     modes = [m.strip() for m in text.split(",") if m.strip()]
     for m in modes:
@@ -51,6 +57,7 @@ def sim_modes(text: str) -> list[str]:
 # --------------------------------------------------------------------------- parsers
 
 def add_parsers(sub) -> None:
+    """Register advise, profile, simulate, report and regimes."""
     a = sub.add_parser("advise", help="theory: expected tokens, speed-ups, Theorem 1, best k/mode",
                        description="Prints E = (1 - alpha^(k+1)) / (1 - alpha), the SD speed-up "
                                    "over plain decoding, PSD's speed-up over SD, Theorem 1's "
@@ -68,7 +75,16 @@ def add_parsers(sub) -> None:
                    help="cost profile JSON (minedraft profile, or a scenario name from "
                         "minedraft/scenarios): use measured curves instead of --alpha/--c")
     a.add_argument("--batch", type=positive_int, default=4,
-                   help="with --profile: requests in flight (default: 4)")
+                   help="with --profile: requests in flight for the steady-state closed forms "
+                        "(default: 4)")
+    a.add_argument("--concurrency", type=positive_int, default=None,
+                   help="with --profile: recommend the mode and k for this many requests in "
+                        "flight, by simulating every candidate on the profile's workload")
+    a.add_argument("--request-rate", type=request_rate, default=None,
+                   help="with --profile: recommend the mode and k with the lowest mean "
+                        "end-to-end latency at this request rate (Poisson arrivals)")
+    a.add_argument("--output-len", type=positive_int, default=64,
+                   help="with --concurrency/--request-rate: tokens per request (default: 64)")
     a.add_argument("--json", dest="json_out", default=None, help="also write the numbers here")
 
     p = sub.add_parser("profile", help="measure a cost profile through vLLM (for simulate)",
@@ -207,10 +223,14 @@ def add_parsers(sub) -> None:
     add_engine_options(g, only=("target", "draft", "dtype", "draft_quantization", "enforce_eager",
                                 "max_model_len", "kv_cache_gib", "seed"),
                        title="engine")
+    g.add_argument("--profile", default=None,
+                   help="a cost profile of this machine (minedraft profile): also check the "
+                        "simulator and the advisor against the map (OUT/validation.md)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def regime_modes(text: str) -> list[str]:
+    """argparse type: regime-map mode labels, comma-separated."""
     from minedraft.reporting.regimes import DEFAULT_MODES
     modes = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in DEFAULT_MODES]
@@ -221,6 +241,7 @@ def regime_modes(text: str) -> list[str]:
 
 
 def sim_or_bench_modes(text: str) -> list[str]:
+    """argparse type: bench modes, comma-separated."""
     modes = [m.strip() for m in text.split(",") if m.strip()]
     for m in modes:
         if m not in ALL_MODES:
@@ -253,8 +274,22 @@ def _write_json(path: str, doc) -> None:
 
 
 def cmd_advise(args) -> None:
+    """`minedraft advise`: the closed forms, a profile's steady state, or a simulated
+    recommendation for a concurrency or rate."""
     from minedraft.analysis.advisor import format_report, profile_report, theory_report
     output_file(args.json_out, "--json file")
+    if (args.concurrency or args.request_rate) and not args.profile:
+        raise UserError("--concurrency and --request-rate need --profile")
+    if args.profile and (args.concurrency or args.request_rate):
+        from minedraft.analysis.advisor import advise_concurrency, format_advice
+        rep = advise_concurrency(_profile(args.profile), args.concurrency or 256,
+                                 output_len=args.output_len,
+                                 request_rate=args.request_rate or math.inf,
+                                 k_max=min(args.k_max, _profile(args.profile).k))
+        print(format_advice(rep))
+        if args.json_out:
+            _write_json(args.json_out, rep)
+        return
     if args.profile:
         prof = _profile(args.profile)
         rep = profile_report(prof, args.k or prof.k, args.batch, k_max=min(args.k_max, 8))
@@ -272,6 +307,7 @@ def cmd_advise(args) -> None:
 
 
 def cmd_profile(args) -> None:
+    """`minedraft profile`: measure and write a cost profile."""
     from minedraft.analysis.profile import ProfileConfig, run_profile
     cfg = ProfileConfig(target=args.target, draft=args.draft, k=args.k,
                         batches=tuple(args.batches), output_len=args.output_len,
@@ -291,6 +327,8 @@ def cmd_profile(args) -> None:
 
 
 def cmd_simulate(args) -> None:
+    """`minedraft simulate`: simulate modes on a profile, compare with bench results, or show the
+    GPU scenarios."""
     from minedraft.analysis.scenarios import (format_scenario_table, list_scenarios,
                                               scenario_predictions)
     from minedraft.analysis.simulate import format_validation, simulate, validate_runs
@@ -343,6 +381,8 @@ def cmd_simulate(args) -> None:
 
 
 def cmd_report(args) -> None:
+    """`minedraft report`: run a bench sweep (--run) or read results, then write the Markdown
+    report and plots."""
     from minedraft.reporting.report import load_results, run_sweep, write_report
     out = output_dir(args.out)
     if args.profile:
@@ -373,8 +413,12 @@ def cmd_report(args) -> None:
 
 
 def cmd_regimes(args) -> None:
+    """`minedraft regimes`: measure (or re-draw) the regime map, and check the simulator and
+    advisor against it with --profile."""
     from minedraft.reporting.regimes import RegimePlan, run_regimes, write_map
     out = output_dir(args.out)
+    if args.profile:
+        _profile(args.profile)  # checked before anything runs
     path = out / "results.json"
     if args.results:
         if not path.is_file():
@@ -393,6 +437,11 @@ def cmd_regimes(args) -> None:
     from minedraft.reporting.regimes import format_map
     print(format_map(write_map(doc, out)))
     print(f"wrote {out / 'regimes.md'}")
+    if args.profile:
+        from minedraft.reporting.regimes import write_validation
+        summary = write_validation(doc, _profile(args.profile), out, args.profile)
+        print(summary)
+        print(f"wrote {out / 'validation.md'}")
 
 
 COMMANDS = {"advise": cmd_advise, "profile": cmd_profile, "simulate": cmd_simulate,

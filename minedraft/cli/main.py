@@ -24,6 +24,7 @@ GROUPS = (run, train, analysis)  # each: add_parsers(sub), COMMANDS
 
 
 def build_parser() -> Parser:
+    """The whole command line: one subcommand per command of the groups in GROUPS."""
     parser = Parser(prog="minedraft", description=(
         "Batch-parallel speculative decoding on vLLM. Runs a workload through vLLM with the "
         "target alone (ar) or with speculative decoding, and measures it."))
@@ -80,6 +81,8 @@ def quiet_vllm() -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse, run the command, and turn any MineDraftError into one line and exit status 2 (with
+    its traceback under --verbose)."""
     args = build_parser().parse_args(argv)
     log = None
     # `serve` becomes vLLM's server, whose logs are its output; --verbose shows everything

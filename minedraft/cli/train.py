@@ -41,6 +41,7 @@ DISTILL_OPTIONS = {
 
 
 def add_parsers(sub) -> None:
+    """Register distill and evaluate-drafter."""
     d = sub.add_parser("distill", help="train a drafter that imitates a target",
                        description="Generates the target's greedy answers to ShareGPT prompts "
                                    "with vLLM, then trains a few of the target's layers (frozen, "
@@ -89,6 +90,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_distill(args) -> None:
+    """`minedraft distill`: train a drafter, write its learning curve, optionally bundle it."""
     from minedraft.reporting.plots import plot_learning_curves
     from minedraft.train.distill import distill, learning_curve
 
@@ -113,6 +115,8 @@ def cmd_distill(args) -> None:
 
 
 def cmd_evaluate_drafter(args) -> None:
+    """`minedraft evaluate-drafter`: measure one or more drafters through vLLM's own speculative
+    decoding."""
     from minedraft.bench.provenance import provenance
     from minedraft.train.evaluate import compare_drafters, format_comparison, format_evaluation
 

@@ -9,6 +9,7 @@ auto` all read costs through `CostProfile`, so they agree by construction::
                 "prefill_ms": [[prompt_tokens, ms], ...]},
      "drafter": {"round_ms": [[batch, k, ms], ...], "colocated_round_ms": [[batch, ms], ...]},
      "overhead_ms": {"none": 1.0, "sequential": 2.0, "psd": 5.0},
+     "overlap": {"draft_slowdown": 1.2, "verify_slowdown": 1.1},
      "acceptance_per_position": [0.52, 0.29, 0.18],
      "workload": {"prompt_lens": [...], "output_lens": [...]}}
 
@@ -70,6 +71,7 @@ class Curve:
         return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
     def to_points(self) -> list[list[float]]:
+        """The measured points as [[size, ms], ...] (medians of duplicates)."""
         return [[x, y] for x, y in zip(self.xs, self.ys)]
 
 
@@ -108,6 +110,7 @@ class DraftCost:
         return max(0.0, y0 + (y1 - y0) * (k - lo) / (hi - lo))
 
     def to_points(self) -> list[list[float]]:
+        """The measured points as [[batch, k, ms], ...]."""
         return [[b, kk, ms] for kk, c in self.curves.items() for b, ms in c.to_points()]
 
 
@@ -131,19 +134,28 @@ class CostProfile:
     source: str = ""
     assumption: str = ""
     target_cores: str | None = None  # where the profile's target ran (measured profiles)
+    decode_all: Curve | None = None  # a step without drafts on every core (plain decoding)
+    draft_prefill: Curve | None = None  # the drafter taking in new prompts, by prompt tokens
+    draft_slowdown: float = 1.0  # drafting beside a verification / drafting alone
+    verify_slowdown: float = 1.0  # verifying beside a drafter round / verifying alone
 
     @property
     def overhead_sd_ms(self) -> float:
+        """Per-step overhead of sequential (sd-ext) steps, ms."""
         return self.overhead_ms("sequential")
 
     @property
     def overhead_psd_ms(self) -> float:
+        """Per-step overhead of overlapped (psd) steps, ms."""
         return self.overhead_ms("psd")
 
     def overhead_ms(self, kind: str) -> float:
+        """Per-step overhead of a step kind (none, sequential, psd), ms beyond its modelled parts."""
         return float(self.overhead.get(kind, 0.0))
 
     def draft_ms(self, batch: int, k: int, colocated: bool = False) -> float:
+        """A drafter round for `batch` requests and k tokens, ms (vLLM's own sd: the colocated
+        curve when asked and measured)."""
         if batch <= 0:
             return 0.0
         if colocated and self.colocated_round is not None:
@@ -191,7 +203,8 @@ def step_rate(costs, kind: str, batch: int, k: int) -> float:
     none:       batch / (decode(batch) + overhead)
     sequential: batch E(k) / (draft(batch, k) + verify(batch (k + 1)) + overhead)
     psd:        two steps, each verifying one half while the other is drafted:
-                batch E(k) / sum over halves of (max(draft(d, k), verify(v (k + 1))) + overhead)
+                batch E(k) / sum over halves of (max(draft(d, k), verify(v (k + 1))) + overhead),
+                draft and verify each times its slowdown when they run side by side
     (paper.md section 2: a PSD step costs max(draft, verify) instead of draft + verify; the
     halves make the batch-size dependence explicit). psd with one request is sequential."""
     if batch <= 0:
@@ -206,8 +219,10 @@ def step_rate(costs, kind: str, batch: int, k: int) -> float:
         raise ValueError(f"unknown step kind {kind!r}")
     a = (batch + 1) // 2
     halves = ((a, batch - a), (batch - a, a))
-    cycle = sum(max(costs.draft_ms(d, k), costs.verify(v * (k + 1))) + costs.overhead_ms("psd")
-                for v, d in halves)
+    slow_d = getattr(costs, "draft_slowdown", 1.0)
+    slow_v = getattr(costs, "verify_slowdown", 1.0)
+    cycle = sum(max(slow_d * costs.draft_ms(d, k), slow_v * costs.verify(v * (k + 1)))
+                + costs.overhead_ms("psd") for v, d in halves)
     return batch * e / cycle
 
 
@@ -247,6 +262,7 @@ def load_profile(path_or_doc) -> CostProfile:
         overhead = doc.get("overhead_ms", {})
         prefill = target.get("prefill_ms") or [[0, 0.0]]
         round_pts = drafter.get("round_ms") or [[1, 0.0]]
+        overlap = doc.get("overlap", {})
         overheads = {"none": overhead.get("none", 0.0),
                      "sequential": overhead.get("sequential", overhead.get("sd", 0.0)),
                      "psd": overhead.get("psd", overhead.get("sd", 0.0))}
@@ -263,7 +279,13 @@ def load_profile(path_or_doc) -> CostProfile:
             prompt_lens=[int(x) for x in workload.get("prompt_lens", [])],
             output_lens=[int(x) for x in workload.get("output_lens", [])],
             source=str(doc.get("source", "")), assumption=str(doc.get("assumption", "")),
-            target_cores=(doc.get("devices") or {}).get("target_cores"))
+            target_cores=(doc.get("devices") or {}).get("target_cores"),
+            decode_all=Curve(target["decode_all_cores_ms"], "target.decode_all_cores_ms")
+            if target.get("decode_all_cores_ms") else None,
+            draft_prefill=Curve(drafter["prefill_ms"], "drafter.prefill_ms")
+            if drafter.get("prefill_ms") else None,
+            draft_slowdown=float(overlap.get("draft_slowdown", 1.0)),
+            verify_slowdown=float(overlap.get("verify_slowdown", 1.0)))
     except KeyError as exc:
         raise ProfileError(f"cost profile lacks {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:

@@ -23,15 +23,19 @@ import msgspec
 
 
 class Tokens(msgspec.Struct, array_like=True):
+    """A slice of a request's token sequence: ids from position `start` on."""
     start: int  # position of ids[0] in the request's sequence (prompt + output)
     ids: list[int]
 
 
 class Hello(msgspec.Struct, tag="hello"):
+    """Who are you? Answered with HelloReply."""
     pass
 
 
 class Draft(msgspec.Struct, tag="draft"):
+    """One draft round: draft k tokens for each request in `reqs` (after appending its new tokens),
+    forget the requests in `free`, and only take in (prefill) those in `ingest`."""
     k: int  # draft tokens per request
     reqs: dict[str, Tokens]  # request id -> newly verified tokens
     free: list[str] = []  # request ids the drafter may forget (finished or aborted)
@@ -39,10 +43,13 @@ class Draft(msgspec.Struct, tag="draft"):
 
 
 class Stop(msgspec.Struct, tag="stop"):
+    """End the drafter process (after replying)."""
     pass
 
 
 class HelloReply(msgspec.Struct, tag="hello_reply"):
+    """The drafter's vocabulary fingerprint, instance id (new at every start), context length, pid
+    and backend."""
     vocab: str  # `vocab_fingerprint` of the drafter's tokenizer
     instance: str  # changes whenever a drafter process starts
     max_model_len: int
@@ -51,6 +58,8 @@ class HelloReply(msgspec.Struct, tag="hello_reply"):
 
 
 class DraftReply(msgspec.Struct, tag="draft_reply"):
+    """A round's drafts, its time (the drafter's wall time and its forward passes, ms), the
+    requests it could not draft for lack of history (resync), and how many histories it holds."""
     drafts: dict[str, list[int]]  # request id -> up to k draft ids
     draft_ms: float  # the drafter's wall time for the round
     forward_ms: float = 0.0  # of which the model's own forward passes
@@ -60,10 +69,12 @@ class DraftReply(msgspec.Struct, tag="draft_reply"):
 
 
 class StopReply(msgspec.Struct, tag="stop_reply"):
+    """The drafter is stopping."""
     pass
 
 
 class ErrorReply(msgspec.Struct, tag="error"):
+    """The request could not be served (malformed, or the round failed); the drafter keeps serving."""
     error: str
 
 

@@ -36,9 +36,11 @@ class SubBatches:
         self.verify_side = 0  # the side the current (or next) step verifies
 
     def members(self, side: int) -> list[str]:
+        """Request ids on `side` (0 or 1), in join order."""
         return [rid for rid, s in self.side.items() if s == side]
 
     def sizes(self) -> tuple[int, int]:
+        """(requests on side 0, requests on side 1)."""
         n1 = sum(self.side.values())
         return len(self.side) - n1, n1
 
@@ -98,6 +100,7 @@ class StepPlan:
 
     @property
     def overlapped(self) -> bool:
+        """Drafting runs while the target verifies."""
         return bool(self.draft)
 
 

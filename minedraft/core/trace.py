@@ -102,6 +102,8 @@ class TraceTail:
         self.partial = b""
 
     def read(self) -> list[StepRecord]:
+        """The complete records appended since the last call (a partial last line waits for the
+        next call)."""
         if not self.path or not os.path.exists(self.path):
             return []
         with open(self.path, "rb") as f:

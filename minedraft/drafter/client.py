@@ -67,10 +67,12 @@ class OutputTail:
 
 @dataclass
 class DrafterProcess:
+    """A drafter we started: its process and the tail of its output."""
     popen: subprocess.Popen
     tail: OutputTail
 
     def exit_message(self) -> str:
+        """'exited with code N' and the process's last lines of output."""
         lines = self.tail.text()
         return (f"drafter process exited with code {self.popen.returncode}"
                 + (f"; its last output:\n{lines}" if lines else ""))
@@ -82,7 +84,7 @@ def drafter_command(model: str, address: str, *, cores: str = "all", dtype: str 
     """The command line that starts a drafter listening on `address`."""
     cmd = [sys.executable, "-m", "minedraft.drafter", "--model", model, "--bind", address,
            "--cores", cores, "--dtype", dtype, "--max-model-len", str(max_model_len),
-           "--backend", backend]
+           "--backend", backend, "--parent-pid", str(os.getpid())]
     if quantization:
         cmd += ["--quantization", quantization]
     return cmd + (["--enforce-eager"] if enforce_eager else [])
@@ -229,6 +231,7 @@ class DrafterSupervisor:
 
     @property
     def up(self) -> bool:
+        """A drafter answers now."""
         return self.client is not None
 
     @property

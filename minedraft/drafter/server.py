@@ -25,6 +25,7 @@ from minedraft.core import messages as m
 logger = logging.getLogger("minedraft.drafter")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5599"
+PARENT_CHECK_MS = 1000  # how often an idle drafter checks that its engine is still there
 BACKENDS = ("lean", "vllm")
 
 
@@ -43,11 +44,14 @@ class DraftServer:
         self.instance = uuid.uuid4().hex[:12]
 
     def hello(self) -> m.HelloReply:
+        """Answer a Hello."""
         return m.HelloReply(vocab=m.vocab_fingerprint(self.backend.tokenizer),
                             instance=self.instance, max_model_len=self.backend.max_model_len,
                             pid=os.getpid(), backend=self.backend.name)
 
     def draft(self, msg: m.Draft) -> m.DraftReply:
+        """Serve one Draft round: update histories from the deltas (asking for a resync where the
+        history is missing), draft k tokens for the rest. Raises ValueError for k < 1."""
         t0 = time.perf_counter()
         if msg.k < 1:
             raise ValueError(f"k must be >= 1, got {msg.k}")
@@ -94,7 +98,10 @@ class DraftServer:
             logger.exception("draft round failed")
             return m.ErrorReply(f"{type(exc).__name__}: {exc}"), False
 
-    def serve(self, bind: str) -> None:
+    def serve(self, bind: str, parent_pid: int | None = None) -> None:
+        """Answer requests on `bind` until a Stop (then shut the backend down). With
+        `parent_pid`, also stop once this process's parent is no longer that process (a drafter
+        whose engine was killed must not linger)."""
         import zmq
 
         sock = zmq.Context.instance().socket(zmq.REP)
@@ -103,6 +110,11 @@ class DraftServer:
                        os.getpid())
         stop = False
         while not stop:
+            if not sock.poll(PARENT_CHECK_MS):
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    logger.warning("the engine that started this drafter is gone: exiting")
+                    break
+                continue
             reply, stop = self.handle(sock.recv())
             sock.send(m.encode(reply))
         sock.close(linger=1000)
@@ -134,6 +146,7 @@ def make_backend(name: str, model: str, cores: str, dtype: str, max_model_len: i
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The drafter process's command line."""
     p = argparse.ArgumentParser(
         prog="python -m minedraft.drafter",
         description="Serve drafts for a MineDraft PSD target over ZeroMQ (token ids only, "
@@ -159,11 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vllm: KV cache memory, GiB (default: 1)")
     p.add_argument("--enforce-eager", action="store_true",
                    help="vllm: skip torch.compile (faster start-up, slower rounds)")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="exit when this process (the engine that started the drafter; set by "
+                        "the PSD scheduler) is no longer the drafter's parent")
     p.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m minedraft.drafter`: build the backend and serve."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -171,4 +188,6 @@ def main(argv: list[str] | None = None) -> None:
     backend = make_backend(args.backend, str(models.resolve(args.model)), args.cores,
                            args.dtype, args.max_model_len, args.kv_cache_gib, args.enforce_eager,
                            args.max_num_seqs, args.quantization)
-    DraftServer(backend).serve(args.bind)
+    if args.parent_pid is not None and os.getppid() != args.parent_pid:
+        return  # the engine died while this drafter was loading
+    DraftServer(backend).serve(args.bind, parent_pid=args.parent_pid)

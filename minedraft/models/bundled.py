@@ -31,6 +31,9 @@ TARGET = "smollm2-135m-instruct"
 
 @dataclass(frozen=True)
 class BundledModel:
+    """A model MineDraft builds itself: its name, description, builder (writes a checkpoint into a
+    folder, returns provenance) and an optional source fingerprint (a cache built from another
+    source is rebuilt)."""
     name: str
     description: str
     build: Callable[[Path], dict]  # writes a checkpoint into the given directory; returns provenance
@@ -38,6 +41,7 @@ class BundledModel:
 
 
 def cache_dir() -> Path:
+    """Where prepared checkpoints live: $MINEDRAFT_CACHE/models, else ~/.cache/minedraft/models."""
     root = os.environ.get("MINEDRAFT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minedraft")
     return Path(root) / "models"
@@ -147,6 +151,7 @@ def _drafter_fingerprint() -> str:
 
 
 def bundled_drafter_available() -> bool:
+    """The distilled drafter's weights ship with this install."""
     return DRAFTER_BUNDLE.is_file()
 
 
@@ -195,6 +200,7 @@ def _is_current(path: Path, model: BundledModel) -> bool:
 
 
 def is_complete(path: Path) -> bool:
+    """A prepared checkpoint finished building (its completion marker and config exist)."""
     return (path / MARKER).is_file() and (path / "config.json").is_file()
 
 
@@ -237,6 +243,7 @@ def check_model(name_or_path: str | os.PathLike) -> None:
 
 
 def list_models() -> list[dict]:
+    """The bundled models: name, description, whether prepared, and path."""
     rows = []
     for name, model in BUNDLED.items():
         path = cache_dir() / name

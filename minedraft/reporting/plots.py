@@ -18,10 +18,12 @@ MODE_COLORS = {"ar": "tab:gray", "sd": "tab:blue", "sd-ext": "tab:orange", "psd"
 
 
 def run_k(run: dict) -> int | None:
+    """A run's k (None for ar)."""
     return None if run.get("mode") == "ar" else run.get("config", {}).get("num_speculative_tokens")
 
 
 def rate_label(rate: float) -> str:
+    """'all at once' for an infinite rate, else 'R req/s'."""
     return "all at once" if math.isinf(rate) else f"{rate:g} req/s"
 
 
@@ -172,10 +174,16 @@ def plot_sim_vs_bench(rows: list[dict], path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for ax, metric in zip(axes, sorted({r["metric"] for r in rows})):
         sel = [r for r in rows if r["metric"] == metric]
+        seen = set()
         for r in sel:
-            ax.plot(r["measured"], r["simulated"], "o", color=MODE_COLORS.get(r["mode"], "k"))
-            ax.annotate(f"{r['mode']} @{r['request_rate']:g}", (r["measured"], r["simulated"]),
-                        fontsize=7)
+            color = LABEL_COLORS.get(r["mode"], MODE_COLORS.get(r["mode"], "k"))
+            ax.plot(r["measured"], r["simulated"], "o", color=color,
+                    label=r["mode"] if r["mode"] not in seen else None)
+            seen.add(r["mode"])
+            if len(sel) <= 20:
+                ax.annotate(f"{r['mode']} @{r['request_rate']:g}",
+                            (r["measured"], r["simulated"]), fontsize=7)
+        ax.legend(fontsize=7)
         hi = max([r["measured"] for r in sel] + [r["simulated"] for r in sel] + [1]) * 1.15
         ax.plot([0, hi], [0, hi], color="k", linewidth=0.5)
         ax.fill_between([0, hi], [0, 0.9 * hi], [0, 1.1 * hi], color="tab:green", alpha=0.1)
@@ -278,6 +286,56 @@ def plot_regime_map(m: dict, path) -> None:
     right.set_ylabel("throughput ratio")
     right.grid(alpha=0.3, axis="y")
     right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_demo(results: list[dict], concurrency: int, path) -> None:
+    """Bars of output tokens/s per mode (the demo), psd under the paper's protocol hatched."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    labels = [r["label"] for r in results]
+    values = [r["output_throughput_tok_s"] for r in results]
+    colors = [LABEL_COLORS.get(lbl.split()[0], "k") for lbl in labels]
+    bars = ax.bar(range(len(labels)), values, color=colors, alpha=0.8)
+    for bar, r in zip(bars, results):
+        if r["in_flight"] != concurrency:
+            bar.set_hatch("//")
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{bar.get_height():.0f}",
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("output tokens/s (measured)")
+    ax.set_title(f"{concurrency} requests in flight (hatched: {2 * concurrency}, the paper's "
+                 "protocol)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_auto_choices(steps: list[dict], path) -> None:
+    """What `auto` chose over time: requests decoding (top) and the step kind with its k
+    (bottom), from its step records (`t` in seconds, `kind`, `k`, `decoding`)."""
+    if not steps:
+        return
+    t0 = steps[0]["t"]
+    ts = [s["t"] - t0 for s in steps]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.8), sharex=True,
+                                      gridspec_kw={"height_ratios": [1, 1.2]})
+    top.plot(ts, [s["decoding"] for s in steps], color="tab:gray", linewidth=0.8)
+    top.set_ylabel("requests\ndecoding")
+    top.grid(alpha=0.3)
+    kinds = {"none": 0, "sequential": 1, "psd": 2}
+    colors = {"none": "black", "sequential": "tab:orange", "psd": "tab:green"}
+    for kind, y in kinds.items():
+        sel = [(t, s["k"]) for t, s in zip(ts, steps) if s["kind"] == kind]
+        if sel:
+            bottom.scatter([t for t, _ in sel], [y + 0.08 * k for _, k in sel], s=3,
+                           color=colors[kind], label=kind)
+    bottom.set_yticks(list(kinds.values()), ["none (k=0)", "sequential", "psd"])
+    bottom.set_xlabel("seconds since the first step (height within a row: k)")
+    bottom.grid(alpha=0.3)
+    top.set_title("--mode auto under a changing load: its choice at every step", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

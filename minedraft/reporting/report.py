@@ -134,6 +134,8 @@ def _fmt(v, spec="{:.1f}"):
 
 
 def results_table(runs: list[dict]) -> str:
+    """Markdown table of sweep runs: throughput (and against ar at the same rate), latencies,
+    acceptance, step time, overlap."""
     lines = ["| mode | k | request rate | out tok/s | vs ar | mean TTFT ms | mean TPOT ms | "
              "mean E2EL ms | p99 E2EL ms | accept | acc len | step ms | overlap |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -26,6 +26,8 @@ COLUMNS = [  # (header, key, format)
 
 
 def table_rows(results: list[dict]) -> list[list[str]]:
+    """One row of formatted cells per bench result (k and cores from its config, speed-up against
+    ar when present)."""
     ar = next((r for r in results if r["mode"] == "ar"), None)
     rows = []
     for r in results:
@@ -47,6 +49,7 @@ def _fmt(fmt: str, value) -> str:
 
 
 def format_table(results: list[dict]) -> str:
+    """The bench results as an aligned text table."""
     header = [h for h, _, _ in COLUMNS]
     rows = [header] + table_rows(results)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -56,5 +59,6 @@ def format_table(results: list[dict]) -> str:
 
 
 def print_table(results: list[dict], workload: dict) -> None:
+    """Print the workload line and the table."""
     print("workload: " + ", ".join(f"{k}={v}" for k, v in workload.items()))
     print(format_table(results))

@@ -46,6 +46,7 @@ class EngineConfig:
 
     @property
     def external_drafter(self) -> bool:
+        """The mode runs a drafter process of its own (sd-ext, psd, auto)."""
         return self.mode in EXTERNAL_DRAFTER_MODES
 
     def drafter_cores(self) -> str:
@@ -130,6 +131,7 @@ class EngineConfig:
                                      check_draft=check_draft)
 
     def to_dict(self) -> dict:
+        """All fields, JSON-ready."""
         return asdict(self)
 
 

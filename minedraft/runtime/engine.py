@@ -33,6 +33,7 @@ class SpecCounters:
     num_preempted: int = 0  # not speculative, but counted by the same stat logger
 
     def add(self, stats) -> None:
+        """Add one SpecDecodingStats (vLLM's per-iteration counters)."""
         self.num_drafts += stats.num_drafts
         self.num_draft_tokens += stats.num_draft_tokens
         self.num_accepted_tokens += stats.num_accepted_tokens
@@ -43,6 +44,8 @@ class SpecCounters:
             self.accepted_per_pos[i] += n
 
     def summary(self) -> dict:
+        """Acceptance rate (accepted / draft tokens), mean accepted length (vLLM's: 1 + accepted /
+        drafts), acceptance per position and the raw counts; {} before any draft."""
         if not self.num_drafts:
             return {}
         return {
@@ -56,6 +59,7 @@ class SpecCounters:
         }
 
     def reset(self) -> None:
+        """Zero every counter."""
         self.__init__()
 
 
@@ -202,6 +206,7 @@ class Engine:
         logger.info("engine %s ready in %.1f s", config.mode, self.startup_s)
 
     def shutdown(self) -> None:
+        """Stop vLLM's engine core (and the drafter it started)."""
         core = getattr(self.llm_engine, "engine_core", None)
         if core is not None:
             core.shutdown()

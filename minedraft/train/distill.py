@@ -39,6 +39,8 @@ REPORT = "report.json"
 
 @dataclass
 class DistillConfig:
+    """A distillation run: target, output folder, drafter layers, token and time budgets, corpus
+    size and lengths, batch size, soft top-k, learning rate, evaluation period, seed."""
     target: str = models.TARGET
     out: str = "drafter"
     layers: int = 8
@@ -178,6 +180,8 @@ def batches(pairs: list, batch_tokens: int, rng: random.Random):
 
 
 def evaluate(model, pairs: list, batch_tokens: int, soft_top_k: int = 0) -> dict:
+    """Held-out loss (cross-entropy, nats per answer token) and greedy agreement (share of answer
+    positions where the drafter's argmax is the target's token) over `pairs`."""
     import torch
 
     model.eval()
@@ -197,6 +201,8 @@ def evaluate(model, pairs: list, batch_tokens: int, soft_top_k: int = 0) -> dict
 
 @dataclass
 class TrainState:
+    """Where training stands (step, epoch, tokens, minutes, evaluation history); saved with the
+    weights to resume."""
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -206,6 +212,9 @@ class TrainState:
 
 
 def distill(cfg: DistillConfig, progress: bool = True) -> dict:
+    """Build (or reuse) the corpus, train the drafter until the token or time budget ends,
+    evaluate, write the checkpoint and report.json; returns the report. Raises ConfigError for a
+    bad configuration."""
     import torch
     from tqdm import tqdm
 

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EvalConfig:
+    """An evaluation: target and drafter, largest k, held-out prompts and lengths, concurrency,
+    dtype, cores, seed."""
     target: str = models.TARGET
     draft: str = models.DRAFTER
     max_k: int = 5
@@ -150,6 +152,7 @@ def _check_vocab(target_tok, draft_tok) -> None:
 
 
 def format_evaluation(r: dict) -> str:
+    """One drafter's evaluation as text: acceptance, cost ratio, per-k table, expected speed-ups."""
     lines = [
         f"held-out prompts: {r['num_prompts']} (<= {r['max_prompt_len']} tokens), output "
         f"{r['output_len']} tokens ({_eos(r)}), concurrency {r['max_concurrency']}, {r['dtype']}",

@@ -44,6 +44,7 @@ class OnlineCurve:
         return x if x <= 8 else 1 << (x - 1).bit_length()
 
     def observe(self, x: float, ms: float) -> None:
+        """Fold one measurement (size, ms) into its bin."""
         b = self._bin(x)
         self.bins[b] = ms if b not in self.bins else (1 - EMA) * self.bins[b] + EMA * ms
 
@@ -54,6 +55,7 @@ class OnlineCurve:
 
     @property
     def seen(self) -> bool:
+        """At least one measurement arrived."""
         return bool(self.bins)
 
 
@@ -74,12 +76,16 @@ class OnlineCosts:
 
     # the interface of minedraft.core.costmodel.step_rate
     def decode(self, batch: float) -> float:
+        """A step without drafts for `batch` requests, ms."""
         return self.target(batch)
 
     def verify(self, tokens: float) -> float:
+        """A verification of `tokens` tokens, ms."""
         return self.target(tokens)
 
     def draft_ms(self, batch: float, k: int) -> float:
+        """A drafter round of `batch` requests and k tokens, ms (an unseen k scales the nearest
+        seen one by k)."""
         seen = [kk for kk, c in self.rounds.items() if c.seen]
         if k in seen or not seen:
             return self.rounds[k](batch)
@@ -87,19 +93,23 @@ class OnlineCosts:
         return self.rounds[near](batch) * k / near
 
     def overhead_ms(self, kind: str) -> float:
+        """Per-step overhead of a kind, ms."""
         return self.overheads[kind]
 
     def conditional_acceptance(self, k: int) -> list[float]:
+        """P(position i accepted | the ones before were), i = 1..k, from the counts so far."""
         per_position = [a / t if t else 0.0 for a, t in zip(self.accepted, self.trials)]
         known = [p for p, t in zip(per_position, self.trials) if t]
         return conditional_acceptance(known or [0.0], k)
 
     # learning
     def observe_round(self, batch: int, k: int, ms: float) -> None:
+        """A drafter round of `batch` requests and k tokens took `ms`."""
         if batch and k in self.rounds:
             self.rounds[k].observe(batch, ms)
 
     def observe_step(self, r: StepRecord) -> None:
+        """Learn the target's step time and the kind's overhead from a completed step."""
         if not r.verify or r.verify_ms is None or not r.step_ms:
             return
         self.target.observe(r.tokens or r.verify + r.drafted_tokens, r.verify_ms)
@@ -137,6 +147,7 @@ class AutoPolicy:
 
     @classmethod
     def from_settings(cls, settings, k_max: int) -> "AutoPolicy":
+        """The policy for PSDSettings (seeded by `auto_profile` when set)."""
         profile = None
         if settings.auto_profile:
             from minedraft.core.costmodel import load_profile
@@ -173,10 +184,13 @@ class AutoPolicy:
         return kind, k
 
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
+        """Acceptance of this step's verifications."""
         self.costs.observe_drafts(drafts)
 
     def observe_round(self, batch: int, k: int, ms: float) -> None:
+        """Cost of a drafter round."""
         self.costs.observe_round(batch, k, ms)
 
     def observe_step(self, record: StepRecord) -> None:
+        """A completed step's record."""
         self.costs.observe_step(record)

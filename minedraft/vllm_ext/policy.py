@@ -18,6 +18,7 @@ class FixedPolicy:
         self.kind, self.k = kind, k
 
     def choose(self, n_decoding: int) -> tuple[str, int]:
+        """The same (kind, k) every step."""
         return self.kind, self.k
 
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:

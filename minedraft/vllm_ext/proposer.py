@@ -7,10 +7,13 @@ from __future__ import annotations
 
 
 class ExternalDraftProposer:
+    """vLLM's `custom_class` proposer that proposes nothing (drafts come from the drafter process
+    through the scheduler)."""
     def __init__(self, vllm_config):
         self.vllm_config = vllm_config
 
     def load_model(self, *args, **kwargs) -> None:
+        """No model to load."""
         pass
 
     def propose(self, sampled_token_ids, *args, **kwargs) -> list[list[int]]:

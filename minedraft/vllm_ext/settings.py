@@ -46,10 +46,12 @@ class PSDSettings:
 
     @property
     def overlap(self) -> bool:
+        """Drafting may overlap verification (psd, auto)."""
         return self.mode != "sd-ext"
 
     @property
     def backend(self) -> str:
+        """The drafter's backend: as set, else vllm with a drafter GPU, else lean."""
         return self.draft_backend or ("vllm" if self.draft_gpu is not None else "lean")
 
     @classmethod

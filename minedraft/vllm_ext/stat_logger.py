@@ -85,6 +85,8 @@ def _metrics() -> dict:
 
 
 class PSDStatLogger(StatLoggerBase):
+    """vLLM stat logger that exports the minedraft: metrics of a PSD engine (inactive for other
+    engines)."""
     def __init__(self, vllm_config, engine_index: int = 0):
         settings = (vllm_config.additional_config or {}).get("minedraft")
         self.active = settings is not None
@@ -108,6 +110,7 @@ class PSDStatLogger(StatLoggerBase):
         self.drafted = self.accepted = 0
 
     def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+        """Count vLLM's speculative tokens and fold the new trace records into the metrics."""
         if not self.active:
             return
         spec = getattr(scheduler_stats, "spec_decoding_stats", None)
@@ -148,4 +151,5 @@ class PSDStatLogger(StatLoggerBase):
         return self.m[key].labels(**self.labels)
 
     def log_engine_initialized(self) -> None:
+        """Nothing to log."""
         pass

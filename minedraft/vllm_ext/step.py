@@ -105,6 +105,7 @@ class PSDSchedulerMixin:
 
     # ----------------------------------------------------------------- the step
     def schedule(self, *args, **kwargs):
+        """One PSD step (see the module docstring); returns vLLM's SchedulerOutput."""
         t0 = time.perf_counter()
         self.wait_ms = 0.0
         self._collect_round()  # the drafts of the round sent in the previous step
@@ -199,8 +200,9 @@ class PSDSchedulerMixin:
             if rid not in ingest:
                 basis[rid] = len(tokens)
         free, self.to_free = self.to_free, []
-        try:
-            self.drafter.client.send(m.Draft(k=k, reqs=reqs, free=free, ingest=list(ingest)))
+        try:  # (k means nothing to a round that only takes prompts in)
+            self.drafter.client.send(m.Draft(k=max(k, 1), reqs=reqs, free=free,
+                                             ingest=list(ingest)))
         except DrafterDown as exc:
             self._drafter_failed(exc)
             return
@@ -253,6 +255,8 @@ class PSDSchedulerMixin:
             super().update_draft_token_ids(self._draft_token_ids(ids, drafts))
 
     def update_draft_token_ids(self, draft_token_ids) -> None:
+        """Ignore the runner's proposals: the proposer proposes nothing, drafts come from the
+        drafter process."""
         pass  # the runner's proposer proposes nothing; drafts come from the drafter process
 
     def _free_request(self, request, *args, **kwargs):
@@ -266,6 +270,8 @@ class PSDSchedulerMixin:
 
     # ----------------------------------------------------------------- after the target's step
     def update_from_output(self, scheduler_output, model_runner_output):
+        """vLLM's update, then the step's verification time, drafts and acceptance; swaps the
+        sides, and closes the step's record when the engine goes idle."""
         t0 = time.perf_counter()
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         rec = self.record
@@ -299,6 +305,7 @@ class PSDSchedulerMixin:
             self._trace.write(encode_record(rec))
 
     def shutdown(self) -> None:
+        """Finish the last record, stop the drafter, then vLLM's shutdown."""
         self._collect_round()
         self._close_step(time.perf_counter())
         if self._trace is not None:

@@ -130,6 +130,7 @@ def test_greedy_equals_ar(mode, engines, varied_prompts, ar_reference):
     SPEC[mode] = check_exact(engine, varied_prompts, ar_reference)
     records = records_since(engine, offset)
     metrics = trace_metrics(records)
+    assert metrics["drafter_restarts"] == records[0].restarts, "the drafter failed"
     if mode == "psd":
         assert metrics["overlapped_step_share"] > 0.5
         for r in records:  # each overlapped step verifies about half of what decodes

@@ -125,17 +125,22 @@ def test_auto_through_the_scheduler_is_exact_and_records_its_choices(tmp_path):
     try:
         sched = _StubAuto(vllm_config(k=3, mode="auto", draft_address=drafter.address,
                                       trace_path=str(tmp_path / "t.jsonl"), drafter_timeout_s=5))
-        prompts = [[i, i + 1, i + 2] for i in range(6)]
+        prompts = [[i, i + 1, i + 2] for i in range(12)]
         reqs = [StubRequest(f"r{i}", p, max_tokens=60) for i, p in enumerate(prompts)]
-        for r in reqs:
+        for r in reqs[:6]:
             sched.add_request(r)
-        while sched.has_unfinished_requests():
+        step = 0
+        while sched.has_unfinished_requests() or step < 60:
+            if step % 5 == 0 and 6 + step // 5 < len(reqs):  # arrivals during every kind
+                sched.add_request(reqs[6 + step // 5])
             sched.update_from_output(sched.schedule(), types.SimpleNamespace())
+            step += 1
     finally:
         drafter.stop()
     for r, p in zip(reqs, prompts):
         assert r.output_token_ids == ar_output(p, 60)
     records = read_trace(str(tmp_path / "t.jsonl"))
+    assert records[-1].restarts == 0 and all(r.drafter_up for r in records)
     kinds = {r.kind for r in records if r.verify}
     assert {"psd", "sequential", "none"} <= kinds  # it explored every choice
     assert {r.k for r in records if r.kind != "none" and r.verify} >= {1, 3}

@@ -32,9 +32,8 @@ def write_corpus(cfg, split, n, seed, target_dir, model):
     top-20 distribution at each answer token."""
     import torch
 
-    # The "held-out" pairs are the first training pairs: a random tiny target does not
-    # generalise, so this checks that the optimisation fits what it is shown.
-    g = torch.Generator().manual_seed(seed)
+    # Held-out prompts come from another seed than the training prompts: disjoint.
+    g = torch.Generator().manual_seed(seed + (1000 if split == "heldout" else 0))
     examples = []
     for _ in range(n):
         prompt = torch.randint(10, 2000, (12,), generator=g)

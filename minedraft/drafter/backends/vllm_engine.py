@@ -17,6 +17,8 @@ BLOCK_SIZE = 32  # the smallest block size of vLLM's CPU backend
 
 
 class VLLMBackend:
+    """Draft rounds through a vLLM engine of the draft model (prefix caching on, blocks of 32
+    tokens), for GPUs or any model the lean runner does not support."""
     name = "vllm"
 
     def __init__(self, model: str, *, cores: str = "all", dtype: str = "bfloat16",
@@ -62,9 +64,11 @@ class VLLMBackend:
         return drafts, steps, 1000 * (time.perf_counter() - t0)
 
     def free(self, rids) -> None:
+        """Nothing to free: the prefix cache evicts by itself."""
         pass  # nothing per request: the prefix cache evicts by itself
 
     def shutdown(self) -> None:
+        """Stop the engine's core process."""
         core = getattr(self.llm, "engine_core", None)
         if core is not None:
             core.shutdown()

@@ -1,0 +1,102 @@
+"""`--mode auto` under a load that changes over time, against every fixed mode on the same cores
+and vLLM's own dynamic speculation (issue 15). Writes OUT/results.json and OUT/auto_choices.png.
+
+    .venv/bin/python benchmarks/run_auto_changing_load.py --out benchmarks/auto
+
+Poisson arrivals whose rate steps low -> high -> low (--schedule RATE:COUNT,...), ShareGPT
+prompts, 64 output tokens (EOS ignored), bf16, the target on core 0 and the drafter on core 1
+(ar@0 and vLLM's sd on core 0 alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def parse_schedule(text: str) -> tuple:
+    return tuple((float(r), int(n)) for r, n in (part.split(":") for part in text.split(",")))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/auto", help="output folder")
+    p.add_argument("--schedule", default="1:60,6:150,1:60",
+                   help="RATE:COUNT segments, requests per second (default: 1:60,6:150,1:60)")
+    p.add_argument("--output-len", type=int, default=64, help="tokens per request")
+    p.add_argument("--sd-ext-k", type=int, default=2, help="k of sd-ext (its best in the map)")
+    p.add_argument("--psd-k", type=int, default=2, help="k of psd (its best in the map)")
+    p.add_argument("--k-max", type=int, default=4, help="auto's largest k")
+    p.add_argument("--dynamic", default="1:4:2,5:16:1,17:256:0",
+                   help="vLLM's dynamic speculation for sd@0: START:END:K batch-size ranges")
+    p.add_argument("--modes", default="ar@0,sd-ext,psd,auto,sd-dyn@0",
+                   help="which runs (default: all)")
+    args = p.parse_args()
+
+    from minedraft import models
+    from minedraft.bench.provenance import provenance
+    from minedraft.core.trace import read_trace, trace_size
+    from minedraft.reporting.plots import plot_auto_choices
+    from minedraft.runtime.api import benchmark, load_workload
+    from minedraft.runtime.config import EngineConfig
+    from minedraft.runtime.engine import Engine, default_draft
+
+    schedule = parse_schedule(args.schedule)
+    n = sum(count for _, count in schedule)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    q = "int8"
+    runs = {
+        "ar@0": (EngineConfig(mode="ar", target_cores="0"), None),
+        "sd-ext": (EngineConfig(mode="sd-ext", target_cores="0", draft_quantization=q,
+                                num_speculative_tokens=args.sd_ext_k), None),
+        "psd": (EngineConfig(mode="psd", target_cores="0", draft_quantization=q,
+                             num_speculative_tokens=args.psd_k), None),
+        "auto": (EngineConfig(mode="auto", target_cores="0", draft_quantization=q,
+                              num_speculative_tokens=args.k_max), None),
+        "sd-dyn@0": (EngineConfig(mode="sd", target_cores="0", num_speculative_tokens=2),
+                     "dynamic"),
+    }
+    wanted = args.modes.split(",")
+    tokenizer = models.load_tokenizer(models.resolve(models.TARGET))
+    requests = load_workload("sharegpt", tokenizer, n, max_prompt_len=2048 - args.output_len)
+    results, auto_records = [], []
+    for label in wanted:
+        config, special = runs[label]
+        extra = None
+        if special == "dynamic":
+            dyn = [tuple(int(x) for x in part.split(":")) for part in args.dynamic.split(",")]
+            extra = {"speculative_config": {
+                "method": "draft_model", "model": str(models.resolve(default_draft(config))),
+                "num_speculative_tokens": max(k for _, _, k in dyn),
+                "num_speculative_tokens_per_batch_size": dyn}}
+        print(f"== {label}", flush=True)
+        try:
+            with Engine(config, extra_args=extra) as engine:
+                offset = trace_size(engine.config.trace_path)
+                res = benchmark(engine, requests, output_len=args.output_len,
+                                request_rate=schedule, progress=False)
+                if label == "auto":
+                    auto_records = read_trace(engine.config.trace_path, offset)
+        except Exception as exc:  # vLLM refusing a configuration is a result too
+            print(f"   {label} failed: {type(exc).__name__}: {exc}", flush=True)
+            results.append({"label": label, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        res.pop("runs", None)
+        res.update(label=label, config=engine.config.to_dict())
+        results.append(res)
+        print(f"   {res['output_throughput_tok_s']:.1f} tok/s, mean E2EL "
+              f"{res['mean_e2el_ms']:.0f} ms, TPOT {res['mean_tpot_ms']:.1f} ms", flush=True)
+    doc = {"runs": results, "schedule": schedule, "output_len": args.output_len,
+           "auto_steps": [{"t": r.start_s, "kind": r.kind, "k": r.k, "decoding":
+                           r.verify + r.draft + r.held} for r in auto_records if r.verify],
+           **provenance()}
+    (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+    if auto_records:
+        plot_auto_choices(doc["auto_steps"], out / "auto_choices.png")
+    print(f"wrote {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
