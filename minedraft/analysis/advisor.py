@@ -163,38 +163,6 @@ def _reason(choice: dict, best_of: dict, psd_sd: float) -> str:
     return text
 
 
-def validate_advisor(profile: CostProfile, regime_doc: dict, tolerance: float = 0.05) -> dict:
-    """The advisor against a measured regime map: per concurrency, its choice among the modes
-    it models (ar@0, ar@all, sd-ext, psd) and the measured best of those; a hit when the choice
-    measured within `tolerance` of the best; and predicted against measured psd / sd-ext."""
-    from minedraft.reporting.regimes import best_per_cell
-    plan = regime_doc["plan"]
-    best = best_per_cell(regime_doc["runs"])
-    rows = []
-    for c in sorted({key[1] for key in best}):
-        measured = {lbl: best[(lbl, c)]["output_throughput_tok_s"]
-                    for lbl in ("ar@0", "ar@all", "sd-ext", "psd") if (lbl, c) in best}
-        if not measured:
-            continue
-        n = max(8, min(plan["max_prompts"], plan["prompts_per_slot"] * c))
-        adv = advise_concurrency(profile, c, output_len=plan["output_len"], num_prompts=n,
-                                 k_max=max(plan["ks"]), seed=plan["seed"])
-        pick = adv["choice"]["label"]
-        top = max(measured.values())
-        got = measured.get(pick)
-        row = {"concurrency": c, "advised": pick, "advised_k": adv["choice"]["k"],
-               "measured_best": max(measured, key=measured.get),
-               "hit": got is not None and got >= (1 - tolerance) * top,
-               "predicted_psd_over_sd_ext": adv["psd_over_sd_ext"]}
-        if "psd" in measured and "sd-ext" in measured:
-            row["measured_psd_over_sd_ext"] = measured["psd"] / measured["sd-ext"]
-            row["ratio_error"] = row["predicted_psd_over_sd_ext"] / \
-                row["measured_psd_over_sd_ext"] - 1
-        rows.append(row)
-    hits = sum(r["hit"] for r in rows)
-    return {"rows": rows, "hit_rate": hits / len(rows) if rows else 0.0, "tolerance": tolerance}
-
-
 def format_advice(rep: dict) -> str:
     """The simulated candidates and the recommendation, for the terminal."""
     where = f"{rep['concurrency']} requests in flight" if not math.isfinite(

@@ -295,7 +295,7 @@ def validate_runs(profile: CostProfile, runs: list[dict], workload: dict, *,
             measured, predicted = run.get(key), sim.get(key)
             if measured is None or predicted is None:
                 continue
-            rows.append({"mode": run.get("label") or mode,
+            rows.append({"mode": run.get("label") or run.get("mode") or mode,
                          "k": sim.get("num_speculative_tokens"), "request_rate": rate,
                          "concurrency": in_flight, "protocol": run.get("protocol"),
                          "metric": label, "measured": measured, "simulated": predicted,

@@ -120,16 +120,17 @@ def trace_metrics(records: list[StepRecord]) -> dict:
     overlap efficiency, share of overlapped steps, requests verified per step, largest sub-batch
     imbalance, drafter restarts, steps per kind and per k.
 
-    overlap_efficiency: over the overlapped (psd) steps, total max(draft, verify) / total step
-    time, the share of wall time the slower half of each step accounts for (a ratio of sums, so
-    a step that waits for the previous step's slow round does not count against itself);
-    overlap_efficiency_per_step: the mean of the per-step ratio over every verifying step."""
+    overlap_efficiency: total max(draft, verify) / total step time over every verifying step,
+    the share of wall time that the slower of drafting and verification accounts for (a ratio of
+    sums: a step that waits for the previous step's slower round is not counted against itself,
+    as the per-step ratio would); overlap_efficiency_per_step: the mean of the per-step ratio.
+    Sequential steps (sd-ext, a run's last request) count with max(draft, verify) too, so their
+    share is reported (`steps_per_kind`)."""
     steps = [r for r in records if r.verify and r.step_ms and r.verify_ms is not None]
     if not steps:
         return {}
     drafted = [r for r in steps if r.draft_ms is not None]
     forwards = [r for r in drafted if r.forward_ms is not None]
-    psd = [r for r in steps if r.kind == "psd"]
     return {
         "num_steps": len(steps),
         "mean_draft_ms": statistics.fmean(r.draft_ms for r in drafted) if drafted else 0.0,
@@ -139,8 +140,8 @@ def trace_metrics(records: list[StepRecord]) -> dict:
         "mean_step_ms": statistics.fmean(r.step_ms for r in steps),
         "mean_max_draft_verify_ms": statistics.fmean(
             max(r.draft_ms or 0.0, r.verify_ms) for r in steps),
-        "overlap_efficiency": sum(max(r.draft_ms or 0.0, r.verify_ms) for r in psd)
-        / sum(r.step_ms for r in psd) if psd else 0.0,
+        "overlap_efficiency": sum(max(r.draft_ms or 0.0, r.verify_ms) for r in steps)
+        / sum(r.step_ms for r in steps),
         "overlap_efficiency_per_step": statistics.fmean(overlap_efficiency(r) for r in steps),
         "overlapped_step_share": sum(r.overlapped for r in steps) / len(steps),
         "mean_verified_per_step": statistics.fmean(r.verify for r in steps),

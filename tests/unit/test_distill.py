@@ -19,7 +19,8 @@ def tiny_target(tmp_path_factory, tokenizer):
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, tie_word_embeddings=True,
-                         initializer_range=0.3)  # peaked, varied predictions
+                         initializer_range=0.05)  # small: the next token follows the last one,
+                         # so what is learned carries over to unseen prompts
     model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny-target")
     model.save_pretrained(path)
@@ -70,8 +71,9 @@ def test_few_steps_lower_the_loss_and_resume(tiny_target, tmp_path, soft_top_k):
     write_corpus(cfg, "heldout", cfg.heldout_prompts, cfg.seed, target_dir, model)
     report = D.distill(cfg, progress=False)
     first, last = report["history"][0], report["history"][-1]
-    assert last["heldout_loss"] < first["heldout_loss"] - 0.5
-    assert last["heldout_agreement"] > first["heldout_agreement"]
+    # On prompts it never saw, the drafter agrees with the target far more often after training.
+    assert last["heldout_loss"] < first["heldout_loss"] - 0.2
+    assert last["heldout_agreement"] > first["heldout_agreement"] + 0.2
     assert report["tokens_seen"] >= 6000
     saved = json.loads((tmp_path / "d" / "config.json").read_text())
     assert saved["num_hidden_layers"] == 2

@@ -91,7 +91,8 @@ def test_simulate_compare_on_saved_results(tmp_path):
     rows = json.loads(out.read_text())
     assert {(r["mode"], r["request_rate"]) for r in rows} >= {
         ("ar", 4.0), ("ar", float("inf")), ("sd-ext", 4.0), ("psd", float("inf"))}
-    assert "| mode | k | request rate | metric | bench | simulated | error |" in proc.stdout
+    assert "| mode | k | in flight | request rate | metric | bench | simulated | error |" in \
+        proc.stdout
     # The default tolerance (10%) fails on this noisy tiny profile: exit status 1.
     proc = run_cli("simulate", "--profile", str(DATA / "profile.json"), "--compare",
                    str(DATA / "results.json"))

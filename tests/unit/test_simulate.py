@@ -10,11 +10,11 @@ import sys
 import pytest
 
 from minedraft.analysis import advisor, theory
-from minedraft.analysis.profile import (linear_fit, parse_batches, psd_overheads, robust_points,
-                               step_intervals_ms, trace_points)
+from minedraft.analysis.profile import (linear_fit, overlap_terms, parse_batches, robust_points,
+                                        sequential_points, step_intervals_ms)
 from minedraft.analysis.scenarios import list_scenarios, scenario_path, scenario_predictions
 from minedraft.analysis.simulate import format_validation, simulate, validate_runs
-from minedraft.core.costmodel import Curve, ProfileError, load_profile
+from minedraft.core.costmodel import Curve, DraftCost, ProfileError, load_profile
 
 
 def profile_doc(decode=((1, 10.0), (8, 10.0)), verify=((1, 10.0), (64, 10.0)), draft=((1, 0.0),),
@@ -206,16 +206,25 @@ def test_validate_runs_error_table():
 def test_profiler_helpers():
     assert step_intervals_ms([0.0, 0.01, 0.03]) == pytest.approx([10.0, 20.0])
     recs = [{"verify": 0, "verify_ms": 50, "step_ms": 50},  # prefill only: skipped
-            {"verify": 2, "draft": 2, "drafted_tokens": 6, "verify_ms": 20, "draft_ms": 30,
-             "step_ms": 52},
-            {"verify": 1, "draft": 1, "drafted_tokens": 3, "verify_ms": 15, "draft_ms": 25,
-             "step_ms": 41, "overlapped": True}]
-    pts = trace_points(recs)
-    assert pts["verify"] == [[8, 20], [4, 15]]
-    assert pts["draft"] == [[2, 30], [1, 25]]
-    assert pts["overhead"] == pytest.approx([2.0, 1.0])
-    over = psd_overheads(recs, Curve(pts["draft"]), Curve(pts["verify"]))
-    assert over == pytest.approx([41 - 25])
+            {"kind": "sd", "verify": 2, "draft": 2, "drafted_tokens": 6, "tokens": 8,
+             "verify_ms": 20, "draft_ms": 30, "step_ms": 52},
+            {"kind": "sd", "verify": 1, "draft": 1, "drafted_tokens": 3, "tokens": 20,
+             "verify_ms": 90, "draft_ms": 25, "step_ms": 120},  # a prompt prefilled: skipped
+            {"kind": "psd", "verify": 1, "draft": 1, "drafted_tokens": 3, "verify_ms": 15,
+             "draft_ms": 25, "step_ms": 41, "overlapped": True},
+            {"kind": "psd", "verify": 2, "draft": 2, "drafted_tokens": 6, "verify_ms": 30,
+             "draft_ms": 35, "step_ms": 38, "overlapped": True}]
+    seq = sequential_points(recs)
+    assert seq["verify"] == [[8, 20], [4, 15], [8, 30]]
+    assert seq["overhead"] == pytest.approx([2.0, 1.0, -27.0])
+    # isolated curves: drafting 10 ms per request at k=3, verification 2.5 ms per token
+    terms = overlap_terms(recs, DraftCost([[1, 10.0], [2, 20.0]], 3), Curve([[4, 10.0], [8, 20.0]]),
+                          3)
+    assert terms["draft"] == pytest.approx((25 + 35) / (10 + 20))
+    assert terms["verify"] == pytest.approx((15 + 30) / (10 + 20))
+    assert terms["overhead"] == pytest.approx(((41 - 25) + (38 - 35)) / 2)
+    assert overlap_terms(recs[:2], DraftCost([[1, 1.0]], 3), Curve([[1, 1.0]]), 3) == \
+        {"draft": 1.0, "verify": 1.0, "overhead": 0.0}
     (x0, a), (x1, y1) = linear_fit([[10, 12.0], [20, 14.0], [30, 16.0]], 100)
     assert (x0, x1) == (0, 100) and a == pytest.approx(10.0) and y1 == pytest.approx(30.0)
     pts = [[4, 10.0], [4, 12.0], [4, 11.0], [8, 20.0], [8, 22.0], [8, 21.0], [5, 99.0]]

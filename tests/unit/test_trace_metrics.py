@@ -47,7 +47,7 @@ def test_overlap_and_summary():
     m = trace_metrics([rec(), rec(sides=(3, 1), verify_ms=10.0, draft_ms=None, kind="none",
                           overlapped=False), rec(verify=0)])
     assert m["num_steps"] == 2 and m["mean_draft_ms"] == 8.0
-    assert m["overlap_efficiency"] == pytest.approx(0.8)  # over the one psd step
+    assert m["overlap_efficiency"] == pytest.approx((8 + 10) / 20)  # ratio of sums
     assert m["overlap_efficiency_per_step"] == pytest.approx((0.8 + 1.0) / 2)
     assert m["overlapped_step_share"] == 0.5 and m["max_side_imbalance"] == 2
     assert m["steps_per_kind"] == {"psd": 1, "sequential": 0, "none": 1}
