@@ -94,14 +94,18 @@ def add_parsers(sub) -> None:
                                    "prefill time, and acceptance per draft position on ShareGPT; "
                                    "writes a JSON cost profile.")
     add_engine_options(p, only=("target", "draft", "dtype", "target_cores", "draft_cores",
-                                "enforce_eager", "max_model_len", "kv_cache_gib"),
+                                "draft_quantization", "enforce_eager", "max_model_len",
+                                "kv_cache_gib"),
                        target_cores="0")
-    p.add_argument("--num-speculative-tokens", "-k", dest="k", type=positive_int, default=3,
-                   help="draft length measured (default: 3)")
-    p.add_argument("--batches", type=int_list, default=[1, 2, 4, 8],
-                   help="batch sizes measured, comma-separated (default: 1,2,4,8)")
-    p.add_argument("--output-len", type=positive_int, default=64,
-                   help="tokens generated per request in each measurement (default: 64)")
+    p.add_argument("--num-speculative-tokens", "-k", dest="k", type=positive_int, default=4,
+                   help="largest draft length measured: drafter rounds at 1..k, sd-ext and psd "
+                        "at k (default: 4)")
+    p.add_argument("--batches", type=int_list, default=[1, 2, 4, 8, 16, 32, 64],
+                   help="batch sizes measured, comma-separated (default: 1,2,4,8,16,32,64)")
+    p.add_argument("--output-len", type=positive_int, default=32,
+                   help="tokens generated per request in each measurement (default: 32)")
+    p.add_argument("--no-all-cores", action="store_true",
+                   help="skip plain decoding on every core (ar@all in simulate and advise)")
     p.add_argument("--prefill-prompts", type=positive_int, default=6,
                    help="prompts of different lengths timed for prefill, fitted with a line "
                         "(default: 6)")
@@ -315,6 +319,8 @@ def cmd_profile(args) -> None:
                         draft_cores=args.draft_cores, dtype=args.dtype,
                         enforce_eager=args.enforce_eager, max_model_len=args.max_model_len,
                         kv_cache_gib=args.kv_cache_gib, psd=not args.no_psd,
+                        draft_quantization=args.draft_quantization,
+                        all_cores=not args.no_all_cores,
                         workload_prompts=args.workload_prompts, seed=args.seed)
     cfg.validate()  # cores and models too, before any engine starts
     output_file(args.out, "--out file")

@@ -244,11 +244,11 @@ class PSDSchedulerMixin:
         ids, drafts = [], []
         for rid in plan.verify:
             request = self.requests[rid]
-            basis, draft = self.drafts.pop(rid, (None, []))
+            fresh = self._fresh(rid)
+            _, draft = self.drafts.pop(rid, (None, []))
             room = request.max_tokens - request.num_output_tokens - 1
             ids.append(rid)
-            drafts.append(list(draft[: max(0, min(k, room))]) if basis == request.num_tokens
-                          else [])
+            drafts.append(list(draft[: max(0, min(k, room))]) if fresh else [])
         for rid in plan.verify:
             self.requests[rid].spec_token_ids = []
         if ids:

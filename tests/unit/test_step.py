@@ -10,10 +10,11 @@ import types
 
 import pytest
 from stubs import (FakeDrafter, FakeTokenizer, StubRequest, StubScheduler, ar_output,
-                   fake_draft, vllm_config)
+                   fake_draft, oracle, vllm_config)
 
 from minedraft.core.messages import vocab_fingerprint
 from minedraft.core.trace import read_trace
+from minedraft.vllm_ext.policy import FixedPolicy
 from minedraft.vllm_ext.step import PSDSchedulerMixin
 
 
@@ -89,6 +90,66 @@ def test_outputs_equal_the_target_and_drafts_are_fresh(drafter, tmp_path, mode):
             assert rec.verify <= decoding // 2 + 1, rec
     else:
         assert all(rec.kind != "psd" for rec in records)
+
+
+class CyclingPolicy(FixedPolicy):
+    """psd, then a step without drafts, then sequential, ...: what `auto` may do when it
+    switches, so drafts made before a switch go stale."""
+
+    def __init__(self, k: int):
+        super().__init__("psd", k)
+        self.kinds = ["psd", "psd", "none", "sequential", "psd", "none", "none"]
+        self.calls = 0
+
+    def choose(self, n_decoding: int) -> tuple[str, int]:
+        kind = self.kinds[self.calls % len(self.kinds)]
+        self.calls += 1
+        return kind, 0 if kind == "none" else self.k
+
+
+def test_drafts_made_before_a_switch_are_never_verified_stale(drafter, tmp_path):
+    """Requests decoded without drafts (a `none` step) keep the drafts made from their older
+    state; those must never be verified later: only drafts of the current state are."""
+    sched = make(drafter, tmp_path)
+    sched.policy = CyclingPolicy(3)
+    ps = prompts(10, seed=3)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=25) for i, p in enumerate(ps)]
+    run(sched, reqs)
+    for r, p in zip(reqs, ps):
+        assert r.output_token_ids == ar_output(p, r.max_tokens)
+    with_drafts = [(rid, state, d) for rid, state, d in sched.verified if d]
+    assert len(with_drafts) > 20
+    for rid, state, drafts in with_drafts:  # `none` steps verify without drafts
+        request = sched.requests[rid]
+        room = request.max_tokens - (len(state) - len(request.prompt_token_ids)) - 1
+        assert drafts == fake_draft(state, 3)[:max(0, min(3, room))], rid
+    kinds = {rec.kind for rec in read_trace(str(tmp_path / "trace.jsonl")) if rec.verify}
+    assert kinds >= {"psd", "none", "sequential"}
+
+
+def test_drafts_of_an_older_state_are_not_verified(drafter, tmp_path):
+    """A request whose tokens moved on after its drafts were made (as a preempted request does
+    when its re-prefill samples a token) gets no drafts until fresh ones come."""
+    sched = make(drafter, tmp_path)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=40) for i, p in enumerate(prompts(6, seed=5))]
+    for r in reqs:
+        sched.add_request(r)
+    for _ in range(6):
+        sched.update_from_output(sched.schedule(), types.SimpleNamespace())
+    sched._collect_round()  # the drafts of the round the last step sent
+    stale = [rid for rid in sched.drafts if sched._fresh(rid)]
+    assert stale, "no drafts were waiting"
+    for rid in stale:  # the target produced a token the drafts were not made from
+        r = sched.requests[rid]
+        r.output_token_ids.append(oracle(r.all_token_ids))
+        r.num_computed_tokens = r.num_tokens - 1
+    sched.verified.clear()
+    sched.update_from_output(sched.schedule(), types.SimpleNamespace())
+    assert {rid for rid, _, _ in sched.verified} & set(stale)
+    check_drafts_fresh(sched, 3)  # none made from the older state
+    run(sched, [])
+    for r, p in zip(reqs, prompts(6, seed=5)):
+        assert r.output_token_ids == ar_output(p, 40)
 
 
 def test_verified_requests_are_hidden_from_nobody_and_others_are(drafter, tmp_path):
