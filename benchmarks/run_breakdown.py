@@ -83,9 +83,9 @@ def drafter_rounds(model: str, batches, k: int, prompts, variants) -> list[dict]
 
 
 def profiled_run(mode: str, k: int, concurrency: int, requests, output_len: int,
-                 trace_dir: str) -> dict:
-    """One engine of `mode` with vLLM's torch profiler: its bench result, its PSD trace and the
-    mean ms per step of vLLM's runner spans."""
+                 trace_dir: str | None) -> dict:
+    """One engine of `mode` (with vLLM's torch profiler when `trace_dir` is set): its bench
+    result, its PSD trace and the mean ms per step of vLLM's runner spans."""
     import msgspec
 
     from minedraft.core.trace import read_trace, trace_size
@@ -95,19 +95,22 @@ def profiled_run(mode: str, k: int, concurrency: int, requests, output_len: int,
     drafter = mode in ("sd-ext", "psd")
     config = EngineConfig(mode=mode, target_cores="0", num_speculative_tokens=k,
                           draft_quantization="int8" if drafter else None)
-    prof_dir = Path(trace_dir) / mode
-    extra = {"profiler_config": {"profiler": "torch", "torch_profiler_dir": str(prof_dir)}}
+    prof_dir = Path(trace_dir) / mode if trace_dir else None
+    extra = {"profiler_config": {"profiler": "torch", "torch_profiler_dir": str(prof_dir)}} \
+        if prof_dir else None
     with Engine(config, extra_args=extra) as engine:
         benchmark(engine, requests[:8], output_len=16, max_concurrency=concurrency,
                   progress=False)  # warm-up
         offset = trace_size(engine.config.trace_path)
-        engine.llm_engine.start_profile()
+        if prof_dir:
+            engine.llm_engine.start_profile()
         res = benchmark(engine, requests, output_len=output_len, max_concurrency=concurrency,
                         progress=False, warmup=False)
-        engine.llm_engine.stop_profile()
+        if prof_dir:
+            engine.llm_engine.stop_profile()
         records = [msgspec.to_builtins(r) for r in read_trace(engine.config.trace_path, offset)]
     res.pop("runs", None)
-    return {"result": res, "records": records, "spans": _spans(prof_dir)}
+    return {"result": res, "records": records, "spans": _spans(prof_dir) if prof_dir else {}}
 
 
 def _spans(prof_dir: Path) -> dict:
@@ -156,6 +159,11 @@ def main() -> None:
     p.add_argument("--num-prompts", type=int, default=32, help="requests per engine run")
     p.add_argument("--output-len", type=int, default=64, help="tokens per request")
     p.add_argument("-k", type=int, default=2, help="draft tokens")
+    p.add_argument("--no-drafter-rounds", action="store_true",
+                   help="skip timing the drafter backends alone")
+    p.add_argument("--torch-profiler", action="store_true",
+                   help="also record vLLM's torch profiler spans (slow: on this machine its "
+                        "trace export for an sd-ext run outlasted vLLM's worker timeout)")
     args = p.parse_args()
 
     from minedraft import models
@@ -175,14 +183,14 @@ def main() -> None:
                 ("vllm, core in-process, pinned", "vllm", None,
                  {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),
                 ("lean bf16", "lean", None, {}), ("lean int8", "lean", "int8", {})]
-    rounds = drafter_rounds(draft, [1, 4, 16], args.k,
-                            [r.prompt_token_ids for r in requests], variants)
+    rounds = [] if args.no_drafter_rounds else drafter_rounds(
+        draft, [1, 4, 16], args.k, [r.prompt_token_ids for r in requests], variants)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("ar", "sd-ext", "psd"):
-            print(f"== {mode} with vLLM's profiler", flush=True)
+            print(f"== {mode}", flush=True)
             runs[mode] = profiled_run(mode, args.k, args.concurrency, requests,
-                                      args.output_len, tmp)
+                                      args.output_len, tmp if args.torch_profiler else None)
     doc = {"drafter_rounds": rounds,
            "engines": {mode: {"throughput_tok_s": r["result"]["output_throughput_tok_s"],
                               "vllm_spans_ms": r["spans"], "step_split_ms": step_split(
@@ -198,35 +206,41 @@ def main() -> None:
 
 
 def format_breakdown(doc: dict) -> str:
+    """breakdown.json as Markdown (sections without data are left out)."""
     lines = ["# Where a PSD step's milliseconds go", "",
              f"Command: `{doc['command']}`; {doc['date']}; {doc['hardware']['cpu']}. All measured.",
-             "", "## Drafter rounds alone (k = %d, drafter on core 1)" % doc["workload"]["k"], "",
-             "| drafter | requests | round ms | forward passes ms | round / forward |",
-             "|---|---|---|---|---|"]
-    for r in doc["drafter_rounds"]:
-        ratio = r["round_ms"] / r["forward_ms"] if r["forward_ms"] else float("nan")
-        lines.append(f"| {r['drafter']} | {r['batch']} | {r['round_ms']:.1f} | "
-                     f"{r['forward_ms']:.1f} | {ratio:.2f} |")
-    lines += ["", "(vLLM backends: `forward` is their whole engine time; the lean runner times "
-              "its forward passes alone.)", "", "## The target's step (vLLM's profiler spans, "
-              "mean ms per step)", "",
-              "| engine | tok/s | " + " | ".join(s.split(": ")[1] for s in SPANS) + " |",
-              "|---|---|" + "---|" * len(SPANS)]
-    for mode, e in doc["engines"].items():
-        lines.append(f"| {mode} | {e['throughput_tok_s']:.0f} | " + " | ".join(
-            f"{e['vllm_spans_ms'].get(s, {}).get('mean_ms', float('nan')):.1f}" for s in SPANS)
-            + " |")
-    lines += ["", "## A step, from MineDraft's trace (mean ms)", "",
-              "| engine | MineDraft schedule | vLLM schedule | wait for drafts | verify | update | "
-              "engine loop | step | draft round | drafter forwards | tokens verified |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+             ""]
+    if doc["drafter_rounds"]:
+        lines += ["## Drafter rounds alone (k = %d, drafter on core 1)" % doc["workload"]["k"], "",
+                  "| drafter | requests | round ms | forward passes ms | round / forward |",
+                  "|---|---|---|---|---|"]
+        for r in doc["drafter_rounds"]:
+            ratio = r["round_ms"] / r["forward_ms"] if r["forward_ms"] else float("nan")
+            lines.append(f"| {r['drafter']} | {r['batch']} | {r['round_ms']:.1f} | "
+                         f"{r['forward_ms']:.1f} | {ratio:.2f} |")
+        lines += ["", "(vLLM backends: `forward` is their whole engine time; the lean runner "
+                  "times its forward passes alone.)", ""]
+    if any(e["vllm_spans_ms"] for e in doc["engines"].values()):
+        lines += ["## The target's step (vLLM's profiler spans, mean ms per step)", "",
+                  "| engine | tok/s | " + " | ".join(s.split(": ")[1] for s in SPANS) + " |",
+                  "|---|---|" + "---|" * len(SPANS)]
+        for mode, e in doc["engines"].items():
+            lines.append(f"| {mode} | {e['throughput_tok_s']:.0f} | " + " | ".join(
+                f"{e['vllm_spans_ms'].get(s, {}).get('mean_ms', float('nan')):.1f}"
+                for s in SPANS) + " |")
+        lines.append("")
+    lines += ["## A step, from MineDraft's trace (mean ms)", "",
+              "| engine | tok/s | MineDraft schedule | vLLM schedule | wait for drafts | verify | "
+              "update | engine loop | step | draft round | drafter forwards | tokens verified |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, e in doc["engines"].items():
         s = e["step_split_ms"]
         if s:
-            lines.append(f"| {mode} | " + " | ".join(f"{s[key]:.1f}" for key in (
-                "minedraft_schedule_ms", "vllm_schedule_ms", "wait_for_drafts_ms", "verify_ms",
-                "update_ms", "engine_loop_ms", "step_ms", "draft_ms", "draft_forward_ms",
-                "tokens_verified_per_step")) + " |")
+            lines.append(f"| {mode} | {e['throughput_tok_s']:.0f} | " + " | ".join(
+                f"{s[key]:.1f}" for key in (
+                    "minedraft_schedule_ms", "vllm_schedule_ms", "wait_for_drafts_ms",
+                    "verify_ms", "update_ms", "engine_loop_ms", "step_ms", "draft_ms",
+                    "draft_forward_ms", "tokens_verified_per_step")) + " |")
     lines += ["", "![timeline](timeline.png)"]
     return "\n".join(lines) + "\n"
 

@@ -89,7 +89,9 @@ def plot(summary: dict, path: Path) -> None:
     if ideal:
         ax.plot(*zip(*ideal), ls="--", color="grey", label="psd ideal (from its own times)")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("requests in flight")
+    cs = sorted({r["concurrency"] for r in summary["rows"]})
+    ax.set_xticks(cs, [str(c) for c in cs])
+    ax.set_xlabel("requests in flight (target on core 0; drafter on core 1)")
     ax.set_ylabel("output tok/s (median of repeats)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -1,3 +1,5 @@
+"""`python -m minedraft`: the command line."""
+
 from minedraft.cli import main
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class _Req:
     result: RequestResult
     tokens: int = 0  # output tokens so far
     prefilled: bool = False
+    cached_len: int = 0  # prompt tokens found in vLLM's prefix cache
     drafts_at: int | None = None  # `tokens` when its drafts were made (fresh while equal)
 
     @property
@@ -65,7 +66,7 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
              k: int | None = None, seed: int = 0, max_num_seqs: int = 256,
              max_num_batched_tokens: int = 8192, prompt_len: int | None = None,
              colocated: bool = False, timeline: list | None = None,
-             output_lens: list[int] | None = None) -> dict:
+             output_lens: list[int] | None = None, cached_prompts: int = 0) -> dict:
     """Serve `num_prompts` requests and return bench's serving metrics (plus speculative counters).
 
     The steps are planned by the scheduler's own code (minedraft.core.subbatch: SubBatches and
@@ -75,6 +76,9 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
     prompt lengths come from the profile's ShareGPT prompts (or `prompt_len` for all).
     `colocated`: in sd, use the profile's drafter-on-the-target's-devices costs when it has them.
     `timeline`, if a list, receives one dict per step (start, end, draft and verify spans).
+    `cached_prompts`: the first this many requests find their prompt in vLLM's prefix cache (a
+    run re-sending prompts an earlier run on the same engine sent): the target computes one
+    token of it, the drafter (no prefix cache) takes in all of it.
     Raises ValueError for an unknown mode or k < 1.
     """
     mode = MODE_ALIASES.get(mode, mode)
@@ -99,7 +103,8 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
     for i, t in enumerate(arrival_offsets(num_prompts, request_rate, seed)):
         pl = prompt_len or plens[i % len(plens)]
         ol = max(1, olens[i % len(olens)]) if output_lens or not output_len else output_len
-        reqs.append(_Req(i, pl, ol, t, RequestResult(i, pl)))
+        reqs.append(_Req(i, pl, ol, t, RequestResult(i, pl),
+                         cached_len=pl - 1 if i < cached_prompts else 0))
     pending = deque(reqs)
     waiting: deque[_Req] = deque()
     running: list[_Req] = []
@@ -144,19 +149,20 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
         prefill: list[_Req] = []
         budget = max_num_batched_tokens
         while waiting and len(running) < max_num_seqs and (
-                not prefill or waiting[0].prompt_len <= budget):
+                not prefill or waiting[0].prompt_len - waiting[0].cached_len <= budget):
             r = waiting.popleft()
-            budget -= r.prompt_len
+            budget -= r.prompt_len - r.cached_len
             running.append(r)
             by_rid[r.rid] = r
             prefill.append(r)
-        prefill_tokens = sum(r.prompt_len for r in prefill)
+        prefill_tokens = sum(r.prompt_len - r.cached_len for r in prefill)
+        intake_tokens = sum(r.prompt_len for r in prefill)  # the drafter takes in whole prompts
         fresh = {rid for rid in decoding if by_rid[rid].drafts_at == by_rid[rid].tokens}
         plan = plan_step(batches, decoding, fresh, kind)
         colo = colocated and mode == "sd"
         catch_up_ms = profile.draft_ms(len(plan.catch_up), k_step, colo) if plan.catch_up else 0.0
         draft_ms = profile.draft_ms(len(plan.draft), k_step) if plan.draft else 0.0
-        ingest_ms = profile.draft_prefill(prefill_tokens) \
+        ingest_ms = profile.draft_prefill(intake_tokens) \
             if drafter and prefill and profile.draft_prefill else 0.0
         for rid in plan.catch_up:
             by_rid[rid].drafts_at = by_rid[rid].tokens
@@ -273,9 +279,16 @@ def validate_runs(profile: CostProfile, runs: list[dict], workload: dict, *,
     """Simulate every bench or regime run on the workload it served (requests, output length,
     requests in flight, rate, k) and compare; one row per (run, metric) with the measured value,
     the simulated one and the relative error. Runs the profile cannot simulate are skipped
-    (see `sim_mode`)."""
+    (see `sim_mode`). Regime-map runs of one engine (same mode, k and start-up) re-send the
+    prompts of its earlier cells, which vLLM's prefix cache then holds: they are simulated as
+    cached."""
     rows = []
+    sent: dict[tuple, int] = {}  # engine -> requests its earlier runs sent (a prefix of the pool)
     for run in runs:
+        engine = (run.get("label") or run.get("mode"), run.get("k"), run.get("engine_startup_s"))
+        cached = sent.get(engine, 0) if "protocol" in run else 0
+        n = int(run.get("num_requests") or workload.get("num_prompts", 16))
+        sent[engine] = max(cached, n)
         mode = sim_mode(run, profile)
         if mode is None:
             continue
@@ -284,8 +297,7 @@ def validate_runs(profile: CostProfile, runs: list[dict], workload: dict, *,
         c = run.get("concurrency")
         in_flight = (2 * c if run.get("protocol") == "paper" else c) if c else \
             workload.get("max_concurrency")
-        sim = simulate(profile, mode,
-                       num_prompts=int(run.get("num_requests") or workload.get("num_prompts", 16)),
+        sim = simulate(profile, mode, num_prompts=n, cached_prompts=min(cached, n),
                        output_len=int(workload.get("output_len", 128)), request_rate=rate,
                        max_concurrency=in_flight,
                        k=int(config.get("num_speculative_tokens") or profile.k),

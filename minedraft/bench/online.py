@@ -159,6 +159,8 @@ def _kill_drafter(server_pid: int) -> int | None:
 
 
 async def run_online(requests: list[Request], opt: OnlineOptions) -> dict:
+    """Send `requests` to the server at `opt.base_url` (streaming, Poisson arrivals) and return
+    the bench metrics plus goodput, errors and lost requests."""
     import httpx
     from tqdm import tqdm
 

@@ -327,8 +327,8 @@ def cmd_profile(args) -> None:
     doc = run_profile(cfg)
     _write_json(args.out, doc)
     t = doc["target"]
-    print(f"decode ms by batch {t['decode_ms']}; drafter round ms by batch "
-          f"{[[b, round(ms, 1)] for b, ms in doc['drafter']['round_ms']]}; acceptance per "
+    print(f"decode ms by batch {t['decode_ms']}; drafter round ms by [batch, k] "
+          f"{[[*p[:-1], round(p[-1], 1)] for p in doc['drafter']['round_ms']]}; acceptance per "
           f"position {[round(a, 3) for a in doc['acceptance_per_position']]}")
 
 

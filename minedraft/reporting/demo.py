@@ -56,6 +56,8 @@ def run_demo(plan: DemoPlan, progress: bool = True) -> list[dict]:
                     engine.shutdown()
                 print(f"== {label}: starting engine", file=sys.stderr, flush=True)
                 engine, current = Engine(config), config
+            # the psd engine serves psd 2C too: the same prompts must not come from its cache
+            engine.llm_engine.reset_prefix_cache()
             res = benchmark(engine, requests, output_len=plan.output_len,
                             max_concurrency=plan.concurrency * mult, seed=plan.seed,
                             progress=progress)

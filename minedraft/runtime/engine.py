@@ -67,6 +67,9 @@ def _stat_logger_factory(counters: SpecCounters):
     from vllm.v1.metrics.loggers import StatLoggerBase
 
     class SpecCounterLogger(StatLoggerBase):
+        """vLLM stat logger that adds each step's spec-decode counts and preemptions to
+        `counters`."""
+
         def __init__(self, vllm_config, engine_index: int = 0):
             pass
 

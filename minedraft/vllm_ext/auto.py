@@ -20,13 +20,14 @@ with vLLM's own dynamic speculation.
 
 from __future__ import annotations
 
-from minedraft.core.costmodel import Curve, best_step, conditional_acceptance, step_rate
+from minedraft.core.costmodel import Curve, best_step, step_rate
 from minedraft.core.trace import StepRecord
 
 HYSTERESIS = 0.05  # a switch must be predicted this much faster
 MIN_DWELL = 8  # steps on a choice before switching again
 EXPLORE = 6  # steps per choice while exploring
-REEXPLORE_EVERY = 400  # steps between short re-explorations
+REEXPLORE_EVERY = 200  # steps between short re-explorations
+REEXPLORE = 2  # steps per choice when re-exploring
 EMA = 0.2  # weight of a new observation in a bin
 
 
@@ -70,7 +71,9 @@ class OnlineCosts:
                        for k in range(1, k_max + 1)}  # ms by requests drafted, per k
         self.overheads = {kind: (p.overhead_ms(kind) if p else 0.0)
                           for kind in ("none", "sequential", "psd")}
-        prior = list(p.acceptance_per_position) if p else []
+        # per position i: verifications that reached it (all drafts before it accepted) and
+        # how many of those accepted it; a profile's rates count as one verification
+        prior = p.conditional_acceptance(len(p.acceptance_per_position)) if p else []
         self.trials = [1.0 if i < len(prior) else 0.0 for i in range(k_max)]
         self.accepted = [prior[i] if i < len(prior) else 0.0 for i in range(k_max)]
 
@@ -97,10 +100,10 @@ class OnlineCosts:
         return self.overheads[kind]
 
     def conditional_acceptance(self, k: int) -> list[float]:
-        """P(position i accepted | the ones before were), i = 1..k, from the counts so far."""
-        per_position = [a / t if t else 0.0 for a, t in zip(self.accepted, self.trials)]
-        known = [p for p, t in zip(per_position, self.trials) if t]
-        return conditional_acceptance(known or [0.0], k)
+        """P(position i accepted | the ones before were), i = 1..k, from the counts so far (the
+        counts are conditional already); positions never reached repeat the last known rate."""
+        known = [a / t for a, t in zip(self.accepted, self.trials) if t] or [0.0]
+        return [known[min(i, len(known) - 1)] for i in range(k)]
 
     # learning
     def observe_round(self, batch: int, k: int, ms: float) -> None:
@@ -154,20 +157,22 @@ class AutoPolicy:
             profile = load_profile(settings.auto_profile)
         return cls(k_max, profile)
 
-    def _exploration(self) -> list[tuple[str, int]]:
-        plan = [("psd", self.k_max)] * EXPLORE + [("sequential", self.k_max)] * EXPLORE
+    def _exploration(self, steps: int = 0) -> list[tuple[str, int]]:
+        """`steps` (default EXPLORE) steps of each: psd and sequential at k_max and at 1, none."""
+        steps = steps or EXPLORE
+        choices = [("psd", self.k_max), ("sequential", self.k_max)]
         if self.k_max > 1:
-            plan += [("psd", 1)] * EXPLORE
-        return plan + [("none", 0)] * EXPLORE
+            choices += [("psd", 1), ("sequential", 1)]
+        return [c for c in choices + [("none", 0)] for _ in range(steps)]
 
     def choose(self, n_decoding: int) -> tuple[str, int]:
         """(kind, k) for the next step with `n_decoding` requests decoding."""
         if n_decoding == 0:
             return self.current
         self.steps += 1
-        if self.steps % REEXPLORE_EVERY == 0:
+        if self.steps % REEXPLORE_EVERY == 0:  # a few steps of every other choice
             best = self._best(n_decoding)
-            self.explore = [c for c in self._exploration() if c != best][:EXPLORE]
+            self.explore = [c for c in self._exploration(REEXPLORE) if c != best]
         if self.explore:
             return self.explore.pop(0)
         best = self._best(n_decoding)

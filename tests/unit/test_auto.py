@@ -9,7 +9,7 @@ import types
 import pytest
 from stubs import FakeDrafter, FakeTokenizer, StubRequest, StubScheduler, ar_output, vllm_config
 
-from minedraft.core.costmodel import best_step, load_profile, step_rate
+from minedraft.core.costmodel import best_step, expected_tokens, load_profile, step_rate
 from minedraft.core.messages import vocab_fingerprint
 from minedraft.core.trace import StepRecord, read_trace
 from minedraft.vllm_ext.auto import HYSTERESIS, MIN_DWELL, AutoPolicy
@@ -79,6 +79,26 @@ def test_hysteresis_keeps_a_choice_within_the_margin():
         assert (choices == {start}) == stays, (start, choices)
 
 
+def test_acceptance_learnt_from_verifications():
+    """Each position accepted with probability 0.5 once the ones before were: the expected tokens
+    of a verification with k drafts are 1 + 0.5 + 0.25 + ... (not more: the counts are already
+    conditional), and a profile's unconditional rates seed the same numbers."""
+    import random
+
+    rng = random.Random(0)
+    policy = AutoPolicy(3)
+    for _ in range(4000):
+        accepted = 0
+        while accepted < 3 and rng.random() < 0.5:
+            accepted += 1
+        policy.observe_drafts([(3, accepted)])
+    assert policy.costs.conditional_acceptance(4) == pytest.approx([0.5] * 4, abs=0.03)
+    assert expected_tokens(policy.costs, 3) == pytest.approx(1.875, abs=0.05)
+    seeded = AutoPolicy(3, profile(verify=lambda t: 1.0, draft=lambda b, k: 1.0,
+                                   acc=(0.5, 0.25, 0.125)))
+    assert seeded.costs.conditional_acceptance(3) == pytest.approx([0.5, 0.5, 0.5])
+
+
 def test_policy_learns_the_costs_from_steps_alone():
     """No profile: it explores, learns from the records of a synthetic engine, and picks what
     the true costs say (here: do not draft)."""
@@ -87,7 +107,8 @@ def test_policy_learns_the_costs_from_steps_alone():
     batch = 8
     for step in range(200):
         kind, k = policy.choose(batch)
-        drafts = [(k, 1)] * batch if kind != "none" else []
+        # half the first drafts accepted: speculation cannot pay for this verification cost
+        drafts = [(k, i % 2) for i in range(batch)] if kind != "none" else []
         policy.observe_drafts(drafts)
         tokens = batch * (1 + (k if kind != "none" else 0))
         if kind == "psd":
@@ -108,7 +129,8 @@ def test_policy_learns_the_costs_from_steps_alone():
             rec = StepRecord(kind="none", verify=batch, tokens=batch,
                              verify_ms=true.decode(batch), step_ms=true.decode(batch) + 1.0)
         policy.observe_step(rec)
-    assert policy.choose(batch) == ("none", 0)
+    assert policy.current == ("none", 0)  # (its next steps may be a short re-exploration)
+    assert best_step(policy.costs, batch, 3)[:2] == ("none", 0)
 
 
 class _StubAuto(PSDSchedulerMixin, StubScheduler):

@@ -19,7 +19,6 @@ from minedraft.reporting.plots import timeline_spans
 from minedraft.reporting.report import ReportError, load_results, write_report
 
 DATA = Path(__file__).parent.parent / "data" / "report"
-REPO = Path(__file__).parent.parent.parent
 
 
 def run_cli(*args):
@@ -48,7 +47,7 @@ def test_report_cli_end_to_end(tmp_path):
 
 def test_report_reads_bench_json(tmp_path):
     # A committed `bench --json` file (several modes, one request rate, no traces).
-    runs, meta, _ = load_results([REPO / "benchmarks" / "psd_c8_k3.json"])
+    runs, meta, _ = load_results([DATA / "bench_psd_c8_k3.json"])
     assert {r["mode"] for r in runs} >= {"ar", "sd", "sd-ext", "psd"}
     path = write_report(runs, meta, tmp_path, scenarios=False)
     md = path.read_text()

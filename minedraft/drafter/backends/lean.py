@@ -143,6 +143,7 @@ class PagedKV:
         self.free_blocks = list(range(2 * old - 1, old - 1, -1)) + self.free_blocks
 
     def free(self, rid: str) -> None:
+        """Return a request's KV blocks to the pool (unknown ids: nothing)."""
         self.free_blocks.extend(self.tables.pop(rid, []))
 
     def keys_values(self, li: int):
@@ -317,6 +318,7 @@ class _CpuKernel:
         self.ops, self.isa, self.dtype = ops, isa, dtype
 
     def metadata(self, layout: _Layout):
+        """vLLM's CPU attention scheduling metadata for this batch layout."""
         w = layout.b.w
         return self.ops.cpu_attn_get_scheduler_metadata(
             num_reqs=len(layout.lengths), num_heads=w.heads, num_kv_heads=w.kv_heads,
@@ -325,9 +327,11 @@ class _CpuKernel:
             enable_kv_split=False)
 
     def write(self, k, v, keys, values, slots) -> None:
+        """Store k, v [tokens, KVH, D] into the paged cache at `slots` [tokens]."""
         self.ops.cpu_attn_reshape_and_cache(k, v, keys, values, slots, self.isa)
 
     def attend(self, q, keys, values, out, layout: _Layout) -> None:
+        """Causal attention of q [tokens, H, D] over the paged cache into out (same shape)."""
         self.ops.cpu_attention_with_kv_cache(
             query=q, key_cache=keys, value_cache=values, output=out,
             query_start_loc=layout.qsl, seq_lens=layout.seq_lens,
