@@ -52,6 +52,9 @@ def summarize(out: Path, concurrency: list[int]) -> dict:
                 r["psd_over_ideal"] = r["output_throughput_tok_s"] / r["ideal_tok_s"] \
                     if r["ideal_tok_s"] else None
                 r["psd_over_ar"] = tput["psd"] / tput["ar"] if "ar" in tput else None
+            if r["concurrency"] == c and r["mode"].startswith("auto"):  # issue 15's measure
+                fixed = [v for m, v in tput.items() if m != "auto"]
+                r["auto_over_best_fixed"] = tput["auto"] / max(fixed) if fixed else None
     return {"rows": rows, "command": doc.get("command"), "hardware": doc.get("hardware"),
             "versions": doc.get("versions"), "date": doc.get("date")}
 
@@ -62,7 +65,7 @@ def _f(x, fmt="{:.1f}") -> str:
 
 def format_table(summary: dict) -> str:
     lines = ["| C | mode | k | tok/s | draft ms | verify ms | step ms | max(d, v) ms | overlap eff. "
-             "| psd / sd-ext | psd / ar@0 | psd / ideal |", "|" + "---|" * 12]
+             "| psd / sd-ext | psd / ar@0 | psd / ideal | auto / best fixed |", "|" + "---|" * 13]
     for r in summary["rows"]:
         lines.append(
             f"| {r['concurrency']} | {r['mode']} | {_f(r['k'], '{}')} | "
@@ -70,7 +73,8 @@ def format_table(summary: dict) -> str:
             f"{_f(r['mean_verify_ms'])} | {_f(r['mean_step_ms'])} | "
             f"{_f(r['mean_max_draft_verify_ms'])} | {_f(r['overlap_efficiency'], '{:.2f}')} | "
             f"{_f(r.get('psd_over_sd_ext'), '{:.2f}x')} | {_f(r.get('psd_over_ar'), '{:.2f}x')} | "
-            f"{_f(r.get('psd_over_ideal'), '{:.2f}')} |")
+            f"{_f(r.get('psd_over_ideal'), '{:.2f}')} | "
+            f"{_f(r.get('auto_over_best_fixed'), '{:.2f}x')} |")
     return "\n".join(lines)
 
 
@@ -105,8 +109,9 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/psd_efficiency", help="output folder")
     p.add_argument("--results", action="store_true", help="do not measure: summarize OUT/cC.json")
     p.add_argument("--concurrency", default="4,8,16", help="requests in flight, one run each")
-    p.add_argument("--modes", default="ar@0,sd:1@0,sd-ext:1@0,psd:2@0",
-                   help="modes with their best k in the regime map (benchmarks/regimes)")
+    p.add_argument("--modes", default="ar@0,sd:1@0,sd-ext:1@0,psd:2@0,auto:3@0",
+                   help="modes with their best k in the regime map (benchmarks/regimes); "
+                        "auto's k is its largest; every mode's target runs on core 0")
     p.add_argument("--num-prompts", type=int, default=64, help="requests per run")
     p.add_argument("--output-len", type=int, default=128, help="tokens per request")
     p.add_argument("--repeats", type=int, default=3, help="runs per mode (medians)")

@@ -16,16 +16,18 @@ def available_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def parse_cores(spec: str) -> list[int]:
+def parse_cores(spec: str, available: list[int] | None = None) -> list[int]:
     """'all', '0', '0-1', '0,2-3' (or groups '0|1') -> the core indices, sorted, without repeats.
 
-    Raises ConfigError for bad syntax or cores this machine does not have."""
-    return sorted({c for group in parse_core_groups(spec) for c in group})
+    Raises ConfigError for bad syntax or cores not in `available` (default: this process's
+    affinity, `available_cores()`)."""
+    return sorted({c for group in parse_core_groups(spec, available) for c in group})
 
 
-def parse_core_groups(spec: str) -> list[list[int]]:
-    """'0|1' -> [[0], [1]]: one core list per worker rank ('all' is one group of every core)."""
-    available = available_cores()
+def parse_core_groups(spec: str, available: list[int] | None = None) -> list[list[int]]:
+    """'0|1' -> [[0], [1]]: one core list per worker rank ('all' is one group of every core
+    in `available`, default this process's affinity)."""
+    available = available_cores() if available is None else available
     groups = []
     for part in str(spec).split("|"):
         part = part.strip()
@@ -51,3 +53,27 @@ def parse_core_groups(spec: str) -> list[list[int]]:
 def omp_bind(spec: str) -> str:
     """The value of VLLM_CPU_OMP_THREADS_BIND for a core list ('0-1' -> '0,1', '0|1' -> '0|1')."""
     return "|".join(",".join(map(str, group)) for group in parse_core_groups(spec))
+
+
+def pin_process(spec: str) -> list[int]:
+    """Run this process (and the threads it starts) on the cores of `spec`; returns them.
+
+    Checked against the machine's CPUs, not this process's affinity (a process started by a
+    pinned engine core inherits that engine's cores); the kernel refuses cores outside the
+    container's cpuset: ConfigError."""
+    chosen = parse_cores(spec, list(range(os.cpu_count() or 1)))
+    try:
+        os.sched_setaffinity(0, chosen)
+    except OSError as exc:
+        raise ConfigError(f"cannot run on cores {spec!r}: {exc.strerror}") from None
+    return chosen
+
+
+def pin_all_threads(cores: list[int]) -> None:
+    """Run every thread of this process, and those it starts later, on `cores` (Linux keeps
+    one affinity mask per thread; `taskset -a` does the same)."""
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:  # a thread that has just ended
+            pass

@@ -164,6 +164,12 @@ class DrafterClient:
         import zmq
         return self.in_flight and bool(self._sock.poll(0, zmq.POLLIN))
 
+    def busy(self) -> bool:
+        """A reply is still awaited from a drafter that is alive (non-blocking): receiving now
+        would block."""
+        return (self.in_flight and not self.ready()
+                and (self.process is None or self.process.popen.poll() is None))
+
     def receive(self, timeout_s: float | None = None) -> m.HelloReply | m.DraftReply | m.StopReply:
         """The reply to the message in flight. Raises DrafterDown when the process dies, no
         reply comes within the timeout, or the reply is an error or malformed."""

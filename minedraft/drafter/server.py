@@ -121,22 +121,17 @@ class DraftServer:
         self.backend.shutdown()
 
 
-def pin_process(cores: str) -> list[int]:
-    """Run this process (and the threads it starts) on `cores` only; returns them."""
-    from minedraft.core.cores import parse_cores
-    chosen = parse_cores(cores)
-    os.sched_setaffinity(0, chosen)
-    return chosen
-
-
 def make_backend(name: str, model: str, cores: str, dtype: str, max_model_len: int,
                  kv_cache_gib: int, enforce_eager: bool, max_num_seqs: int,
                  quantization: str | None = None):
-    """The backend `name` ("lean": PyTorch runner in this process; "vllm": a vLLM engine)."""
+    """The backend `name` ("lean": PyTorch runner in this process; "vllm": a vLLM engine), in
+    this process pinned to `cores` first."""
+    from minedraft.core.cores import pin_process
+    chosen = pin_process(cores)
     if name == "lean":
         from minedraft.drafter.backends.lean import LeanBackend
         return LeanBackend(model, dtype=dtype, max_model_len=max_model_len,
-                           num_threads=len(pin_process(cores)), max_num_seqs=max_num_seqs,
+                           num_threads=len(chosen), max_num_seqs=max_num_seqs,
                            quantization=quantization)
     if quantization:
         raise ValueError("--quantization applies to the lean backend only")

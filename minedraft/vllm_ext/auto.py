@@ -3,24 +3,36 @@ verification (psd) or draft then verify (sequential), and k.
 
 The choice maximises predicted output tokens per second for the current number of decoding
 requests, with the cost model the simulator and the advisor use (minedraft.core.costmodel:
-`step_rate`, `best_step`), fed by online estimates learnt from this engine's own steps:
+`step_rate`), fed by online estimates learnt from this engine's own steps:
 
-- the target's step time by tokens in the step (from every verifying step),
+- the target's step time without drafts by requests (from steps that only decode: a decode step
+  costs less than a verification of as many tokens), and by tokens otherwise (every other step),
 - the drafter's round time by requests and k (from every round),
 - each kind's overhead (step time beyond its modelled parts),
 - acceptance per draft position (from every verification with drafts).
 
+Each (kind, k) also carries a calibration, per batch-size bin and overall: a moving average of
+its steps' measured output rate over the rate predicted when they were chosen (every step of
+the choice counts, catch-ups and waits for the drafter included, except steps that also prefill
+prompts, whose cost is the same for every choice), so what the cost model misses (the two
+processes slowing each other, costs that depend on k) is measured, not assumed. Learnt times
+are medians of recent steps: single steps spike (arrivals, garbage collection).
+
 A cost profile (`auto_profile`) seeds the estimates; without one the policy explores first
 (every kind and k_max for a few steps each), then re-explores now and then so that estimates
-of unused choices stay current. A switch needs the new choice to be predicted at least
-`HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one, so noise does not make
-it flap. Seeded sampling under `auto` depends on load (the number of drafts per step does), as
+of the choices that could still win (predicted within `PLAUSIBLE` of the best) stay current;
+choices predicted far worse are not paid for again. A switch needs the new choice to be
+predicted at least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one, so
+noise does not make it flap. Seeded sampling under `auto` depends on load (the number of drafts per step does), as
 with vLLM's own dynamic speculation.
 """
 
 from __future__ import annotations
 
-from minedraft.core.costmodel import Curve, best_step, step_rate
+import collections
+import statistics
+
+from minedraft.core.costmodel import Curve, step_rate
 from minedraft.core.trace import StepRecord
 
 HYSTERESIS = 0.05  # a switch must be predicted this much faster
@@ -28,14 +40,20 @@ MIN_DWELL = 8  # steps on a choice before switching again
 EXPLORE = 6  # steps per choice while exploring
 REEXPLORE_EVERY = 200  # steps between short re-explorations
 REEXPLORE = 2  # steps per choice when re-exploring
-EMA = 0.2  # weight of a new observation in a bin
+PLAUSIBLE = 0.8  # re-explore only choices predicted at least this fraction of the best
+WINDOW = 9  # measurements per bin (and per overhead) whose median is the estimate
+EMA = 0.1  # weight of a step in its choice's calibration
+MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
+CLIP = (0.5, 2.0)  # bounds of one step's measured / predicted rate (one step cannot decide)
 
 
 class OnlineCurve:
-    """ms by size: an exponential moving average per size bin (powers of 2 beyond 8), read
-    through a Curve (interpolated between bins, least-squares slope beyond them)."""
+    """ms by size: the median of the last WINDOW measurements per size bin (powers of 2 beyond
+    8; a median, because single steps spike: arrivals, garbage collection), read through a
+    Curve (interpolated between bins, least-squares slope beyond them)."""
 
     def __init__(self, prior=None):
+        self.window: dict[int, collections.deque] = {}
         self.bins: dict[int, float] = {}
         self.prior = prior  # callable size -> ms, used until there are observations
 
@@ -47,7 +65,9 @@ class OnlineCurve:
     def observe(self, x: float, ms: float) -> None:
         """Fold one measurement (size, ms) into its bin."""
         b = self._bin(x)
-        self.bins[b] = ms if b not in self.bins else (1 - EMA) * self.bins[b] + EMA * ms
+        window = self.window.setdefault(b, collections.deque(maxlen=WINDOW))
+        window.append(ms)
+        self.bins[b] = statistics.median(window)
 
     def __call__(self, x: float) -> float:
         if not self.bins:
@@ -67,10 +87,12 @@ class OnlineCosts:
         self.k_max = k_max
         p = profile
         self.target = OnlineCurve(p.verify if p else None)  # ms by tokens in the step
+        self.plain = OnlineCurve(p.decode if p else None)  # decode-only steps, ms by requests
         self.rounds = {k: OnlineCurve((lambda b, k=k: p.draft_ms(b, k)) if p else None)
                        for k in range(1, k_max + 1)}  # ms by requests drafted, per k
         self.overheads = {kind: (p.overhead_ms(kind) if p else 0.0)
                           for kind in ("none", "sequential", "psd")}
+        self._excess = {kind: collections.deque(maxlen=WINDOW) for kind in self.overheads}
         # per position i: verifications that reached it (all drafts before it accepted) and
         # how many of those accepted it; a profile's rates count as one verification
         prior = p.conditional_acceptance(len(p.acceptance_per_position)) if p else []
@@ -79,8 +101,17 @@ class OnlineCosts:
 
     # the interface of minedraft.core.costmodel.step_rate
     def decode(self, batch: float) -> float:
-        """A step without drafts for `batch` requests, ms."""
-        return self.target(batch)
+        """A step without drafts for `batch` requests, ms: the decode-only curve; while it has
+        a single size, the verification curve scaled to it (one point has no slope); before
+        any decode-only step, the verification curve."""
+        plain = self.plain
+        if not plain.seen:
+            return plain(batch) if plain.prior else self.target(batch)
+        if len(plain.bins) > 1 or not self.target.seen:
+            return plain(batch)
+        (size, ms), = plain.bins.items()
+        base = self.target(size)
+        return self.target(batch) * ms / base if base > 0 else ms
 
     def verify(self, tokens: float) -> float:
         """A verification of `tokens` tokens, ms."""
@@ -115,15 +146,20 @@ class OnlineCosts:
         """Learn the target's step time and the kind's overhead from a completed step."""
         if not r.verify or r.verify_ms is None or not r.step_ms:
             return
-        self.target.observe(r.tokens or r.verify + r.drafted_tokens, r.verify_ms)
+        tokens = r.tokens or r.verify + r.drafted_tokens
+        if not r.drafted_tokens and tokens == r.verify:  # decode only
+            self.plain.observe(r.verify, r.verify_ms)
+        else:
+            self.target.observe(tokens, r.verify_ms)
         if r.kind == "psd":
             critical = max(r.draft_ms or 0.0, r.verify_ms)
         elif r.kind == "sequential":
             critical = (r.draft_ms or 0.0) + r.verify_ms
         else:
             critical = r.verify_ms
-        excess = max(0.0, r.step_ms - critical)
-        self.overheads[r.kind] = (1 - EMA) * self.overheads[r.kind] + EMA * excess
+        self._excess[r.kind].append(max(0.0, r.step_ms - critical))
+        self.overheads[r.kind] = statistics.median(self._excess[r.kind])
+
 
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
         """(draft tokens, accepted) of each request verified with drafts in a step."""
@@ -147,6 +183,11 @@ class AutoPolicy:
         self.dwell = 0
         self.steps = 0
         self.predicted: dict[str, float] = {}
+        # (kind, k) -> measured / predicted output rate of its steps (a moving average): what
+        # the cost model misses (interference between the two processes, catch-up drafting,
+        # waits for the drafter); also (kind, k, batch-size bin), used where it was measured
+        self.calibrations: dict[tuple, float] = {}
+        self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, rate
 
     @classmethod
     def from_settings(cls, settings, k_max: int) -> "AutoPolicy":
@@ -158,35 +199,69 @@ class AutoPolicy:
         return cls(k_max, profile)
 
     def _exploration(self, steps: int = 0) -> list[tuple[str, int]]:
-        """`steps` (default EXPLORE) steps of each: psd and sequential at k_max and at 1, none."""
+        """`steps` (default EXPLORE) steps of each: none (first: the drafter may still be taking
+        the first prompts in, and these steps need not wait for it), then psd and sequential at
+        k_max and at 1."""
         steps = steps or EXPLORE
-        choices = [("psd", self.k_max), ("sequential", self.k_max)]
+        choices = [("none", 0), ("psd", self.k_max), ("sequential", self.k_max)]
         if self.k_max > 1:
             choices += [("psd", 1), ("sequential", 1)]
-        return [c for c in choices + [("none", 0)] for _ in range(steps)]
+        return [c for c in choices for _ in range(steps)]
+
+    def choices(self) -> list[tuple[str, int]]:
+        """Every (kind, k) the policy may choose, simpler ones first (they win ties)."""
+        return [("none", 0)] + [(kind, k) for kind in ("sequential", "psd")
+                                for k in range(1, self.k_max + 1)]
+
+    def calibration(self, choice: tuple[str, int], n: int | None = None) -> float | None:
+        """Measured / predicted output of `choice`'s steps (at batch size `n`'s bin when
+        given); None before it ran."""
+        return self.calibrations.get(choice if n is None else (*choice, OnlineCurve._bin(n)))
+
+    def rate(self, choice: tuple[str, int], n: int) -> float:
+        """Output tokens per ms that `choice` is ranked by, for `n` decoding requests: the cost
+        model's `step_rate`, times the choice's calibration at this batch size (else at any, 1
+        until it has run), over 1 + MARGIN for choices that draft. The margin is there
+        because what the model misses mostly favours drafting: measured on 2 CPU cores,
+        steps that draft look 5-15% better than whole runs of them turn out
+        (benchmarks/psd_efficiency), as the drafter's prompt prefills and the frontend share
+        its core."""
+        cal = self.calibration(choice, n) or self.calibration(choice) or 1.0
+        margin = 1.0 if choice[0] == "none" else 1.0 + MARGIN
+        return self._model_rate(choice, n) * cal / margin
+
+    def _model_rate(self, choice: tuple[str, int], n: int) -> float:
+        try:
+            return step_rate(self.costs, choice[0], n, choice[1])
+        except ZeroDivisionError:  # nothing measured yet
+            return 0.0
 
     def choose(self, n_decoding: int) -> tuple[str, int]:
         """(kind, k) for the next step with `n_decoding` requests decoding."""
         if n_decoding == 0:
             return self.current
         self.steps += 1
-        if self.steps % REEXPLORE_EVERY == 0:  # a few steps of every other choice
-            best = self._best(n_decoding)
-            self.explore = [c for c in self._exploration(REEXPLORE) if c != best]
+        if self.steps % REEXPLORE_EVERY == 0:  # a few steps of the choices that could win
+            best, floor = self._best(n_decoding), PLAUSIBLE * self.predicted["best"]
+            self.explore = [c for c in self._exploration(REEXPLORE) if c != best
+                            and self.rate(c, n_decoding) >= floor]
         if self.explore:
-            return self.explore.pop(0)
-        best = self._best(n_decoding)
-        self.dwell += 1
-        if best != self.current and self.dwell >= MIN_DWELL:
-            now = step_rate(self.costs, self.current[0], n_decoding, self.current[1])
-            if self.predicted.get("best", 0.0) > now * (1 + HYSTERESIS):
-                self.current, self.dwell = best, 0
-        return self.current
+            choice = self.explore.pop(0)
+        else:
+            best = self._best(n_decoding)
+            self.dwell += 1
+            if best != self.current and self.dwell >= MIN_DWELL:
+                if self.predicted["best"] > self.rate(self.current, n_decoding) * (1 + HYSTERESIS):
+                    self.current, self.dwell = best, 0
+            choice = self.current
+        self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding))
+        return choice
 
     def _best(self, n: int) -> tuple[str, int]:
-        kind, k, rate = best_step(self.costs, n, self.k_max)
+        rates = [(self.rate(c, n), -i, c) for i, c in enumerate(self.choices())]
+        rate, _, choice = max(rates)
         self.predicted["best"] = rate
-        return kind, k
+        return choice
 
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
         """Acceptance of this step's verifications."""
@@ -197,5 +272,20 @@ class AutoPolicy:
         self.costs.observe_round(batch, k, ms)
 
     def observe_step(self, record: StepRecord) -> None:
-        """A completed step's record."""
+        """A completed step's record: the costs it shows, and how its output rate (verified
+        requests + accepted drafts per ms) compares with the rate predicted when it was chosen.
+        Every step of a choice counts (its catch-ups and waits for the drafter are its cost)
+        except those that also prefill prompts (their cost is the same for every choice, and
+        large and noisy)."""
         self.costs.observe_step(record)
+        pending, self._pending = self._pending, None
+        r = record
+        if pending is None or not r.step_ms or not r.verify or pending[2] <= 0:
+            return
+        if (r.tokens or 0) > r.verify + r.drafted_tokens:
+            return
+        choice, n, predicted = pending
+        ratio = min(CLIP[1], max(CLIP[0], (r.verify + r.accepted_tokens) / r.step_ms / predicted))
+        for key in (choice, (*choice, OnlineCurve._bin(n))):
+            old = self.calibrations.get(key)
+            self.calibrations[key] = ratio if old is None else (1 - EMA) * old + EMA * ratio

@@ -54,6 +54,22 @@ class PSDSettings:
         """The drafter's backend: as set, else vllm with a drafter GPU, else lean."""
         return self.draft_backend or ("vllm" if self.draft_gpu is not None else "lean")
 
+    def engine_core_cores(self, target_bind: str | None = None) -> list[int] | None:
+        """The cores vLLM's engine core process should keep to: the target's, when a drafter of
+        this machine's CPU has cores of its own. vLLM's engine core waits for its workers by
+        spinning in sched_yield (shm_broadcast, up to 1 s between steps); left free, it spins
+        on the drafter's core and slows every round (measured: 17.4 -> 11.6 ms per round,
+        benchmarks/README.md). None: leave it where it is (the target's bind is automatic or
+        every core, the drafter is remote, on a GPU or shares the target's cores).
+        `target_bind` defaults to this process's VLLM_CPU_OMP_THREADS_BIND."""
+        bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") if target_bind is None \
+            else target_bind
+        if (bind in ("auto", "nobind", "all") or self.draft_address or self.draft_gpu is not None
+                or self.shared_cores or self.draft_cores == "all"):
+            return None
+        target = parse_cores(bind)
+        return target if not set(target) & set(parse_cores(self.draft_cores)) else None
+
     @classmethod
     def from_dict(cls, extra: dict, target_bind: str | None = None,
                   check_draft: bool = True) -> "PSDSettings":

@@ -24,10 +24,12 @@ The target verifies with vLLM's own rejection sampler. `update_from_output` reco
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from dataclasses import dataclass, field
 
 from minedraft.core import messages as m
+from minedraft.core.cores import pin_all_threads
 from minedraft.core.errors import ConfigError
 from minedraft.core.subbatch import StepPlan, SubBatches, plan_step
 from minedraft.core.trace import StepRecord, encode_record
@@ -88,6 +90,9 @@ class PSDSchedulerMixin:
         except DrafterDown as exc:
             raise RuntimeError(f"the PSD drafter did not start: {exc}") from exc
         self._generation = self.drafter.generation
+        cores = s.engine_core_cores()
+        if cores and multiprocessing.parent_process() is not None:  # vLLM's engine core process
+            pin_all_threads(cores)  # (after the drafter started; it pins itself anyway)
         logger.warning("PSD scheduler: mode %s, k=%d, drafter %s", s.mode, self.k_max,
                        s.draft_address or s.draft)
 
@@ -108,7 +113,8 @@ class PSDSchedulerMixin:
         """One PSD step (see the module docstring); returns vLLM's SchedulerOutput."""
         t0 = time.perf_counter()
         self.wait_ms = 0.0
-        self._collect_round()  # the drafts of the round sent in the previous step
+        if not self._ingesting():
+            self._collect_round()  # the drafts of the round sent in the previous step
         self._close_step(t0)
         self.drafter.poll()
         if self.drafter.generation != self._generation:  # a new drafter knows nothing yet
@@ -187,8 +193,20 @@ class PSDSchedulerMixin:
                 [r for r in self.running if id(r) not in old]
 
     # ----------------------------------------------------------------- drafter rounds
+    def _ingesting(self) -> bool:
+        """A round that only takes prompts in is still running: no step waits for it until
+        the drafter is needed (a step without drafts never is)."""
+        rnd, client = self.round, self.drafter.client
+        return rnd is not None and not rnd.basis and client is not None and client.busy()
+
     def _send_round(self, rids: list[str], k: int, ingest: list[str] = ()) -> None:
-        """Send a round drafting `rids` (and only taking in the sequences of `ingest`)."""
+        """Send a round drafting `rids` (and only taking in the sequences of `ingest`). While
+        a round is still out, a round that would only take prompts in is skipped (each prompt
+        then goes with its request's first drafting round); any other waits for it."""
+        if self.round is not None:
+            if not rids:
+                return
+            self._collect_round()
         if self.drafter.client is None:  # failed earlier in this step
             return
         reqs, basis = {}, {}

@@ -84,6 +84,42 @@ def test_bad_psd_settings_are_refused(tiny_drafter_dir, tmp_path):
     assert settings("0", draft=str(tiny_drafter_dir), draft_gpu="4").backend == "vllm"
 
 
+def test_engine_core_keeps_to_the_targets_cores_when_the_drafter_has_its_own(tiny_drafter_dir):
+    """vLLM's engine core spins while it waits for its workers: with a drafter on cores of its
+    own it is kept to the target's cores; otherwise it is left alone."""
+    from minedraft.vllm_ext.settings import PSDSettings
+
+    def cores(bind, **extra):
+        return PSDSettings.from_dict({"draft": str(tiny_drafter_dir), **extra},
+                                     target_bind=bind).engine_core_cores(bind)
+
+    assert cores("0", draft_cores="1") == [0]
+    assert cores("0|1", draft_cores="1", shared_cores=True) is None
+    assert cores("auto", draft_cores="1") is None and cores("all", draft_cores="1") is None
+    assert cores("0", shared_cores=True) is None  # drafter on every core
+    assert cores("0", draft_cores="1", draft_gpu="0") is None
+    assert PSDSettings.from_dict({"draft_address": "tcp://10.0.0.2:5599"}, target_bind="0") \
+        .engine_core_cores("0") is None
+
+
+def test_a_process_started_by_a_pinned_engine_core_can_pin_itself_elsewhere():
+    """The drafter inherits the engine core's cores; it checks its own against the machine's."""
+    import os
+    import subprocess
+    import sys
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("this test needs 2 cores (CI has 2)")
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    code = (f"import os; os.sched_setaffinity(0, {{{first}}}); "
+            "from minedraft.core.cores import pin_process; "
+            f"print(pin_process('{second}'), sorted(os.sched_getaffinity(0)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [f"[{second}]", f"[{second}]"]
+    from minedraft.core.cores import pin_process
+    with pytest.raises(ConfigError, match="does not have"):
+        pin_process(str(os.cpu_count() + 3))
+
+
 def test_vocabulary_fingerprint_tells_tokenizers_apart(tokenizer):
     from transformers import AutoTokenizer
 

@@ -9,7 +9,7 @@ import time
 import types
 
 import pytest
-from stubs import (FakeDrafter, FakeTokenizer, StubRequest, StubScheduler, ar_output,
+from stubs import (FakeBackend, FakeDrafter, FakeTokenizer, StubRequest, StubScheduler, ar_output,
                    fake_draft, oracle, vllm_config)
 
 from minedraft.core.messages import vocab_fingerprint
@@ -125,6 +125,41 @@ def test_drafts_made_before_a_switch_are_never_verified_stale(drafter, tmp_path)
         assert drafts == fake_draft(state, 3)[:max(0, min(3, room))], rid
     kinds = {rec.kind for rec in read_trace(str(tmp_path / "trace.jsonl")) if rec.verify}
     assert kinds >= {"psd", "none", "sequential"}
+
+
+class SlowIngestBackend(FakeBackend):
+    """Takes prompts in slowly (as a drafter on one CPU core prefills a burst of long ones)."""
+
+    def draft(self, seqs, k, ingest=frozenset()):
+        if ingest:
+            time.sleep(0.4)
+        return super().draft(seqs, k, ingest)
+
+
+def test_steps_without_drafts_do_not_wait_for_prompts_to_be_taken_in(tmp_path):
+    """Steps that verify without drafts (`auto` choosing k = 0) never block on the drafter
+    taking prompts in; a later drafting step waits for it, and every output stays exact."""
+    slow = FakeDrafter()
+    slow.backend.__class__ = SlowIngestBackend
+    try:
+        sched = make(slow, tmp_path)
+        sched.policy = FixedPolicy("none", 0)
+        ps = prompts(4, seed=7)
+        reqs = [StubRequest(f"r{i}", p, max_tokens=30) for i, p in enumerate(ps)]
+
+        def on_step(s, n):
+            if n == 12:  # then draft: the round in flight (or a new one) brings the prompts in
+                s.policy = FixedPolicy("psd", 3)
+
+        run(sched, reqs, on_step)
+    finally:
+        slow.stop()
+    for r, p in zip(reqs, ps):
+        assert r.output_token_ids == ar_output(p, r.max_tokens)
+    sched.verified = [v for v in sched.verified if v[2]]  # (`none` steps verify without drafts)
+    check_drafts_fresh(sched, 3)
+    records = read_trace(str(tmp_path / "trace.jsonl"))
+    assert all(rec.wait_ms < 200 for rec in records[:6]), [rec.wait_ms for rec in records]
 
 
 def test_drafts_of_an_older_state_are_not_verified(drafter, tmp_path):
