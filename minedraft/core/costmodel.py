@@ -226,16 +226,18 @@ def step_rate(costs, kind: str, batch: int, k: int) -> float:
     return batch * e / cycle
 
 
-def best_step(costs, batch: int, k_max: int,
-              kinds: tuple[str, ...] = OVERHEAD_KINDS) -> tuple[str, int, float]:
-    """(kind, k, tokens per ms) with the highest `step_rate` for `batch` requests, k in 1..k_max
-    (k = 0 for none). Ties go to the simpler choice (none, then sequential, then smaller k)."""
-    best = ("none", 0, step_rate(costs, "none", batch, 0)) if "none" in kinds else None
+def best_step(costs, batch: int, k_max: int, kinds: tuple[str, ...] = OVERHEAD_KINDS,
+              rate=None) -> tuple[str, int, float]:
+    """(kind, k, tokens per ms) with the highest rate for `batch` requests, k in 1..k_max
+    (k = 0 for none). Ties go to the simpler choice (none, then sequential, then smaller k).
+    `rate(kind, batch, k)` ranks the choices (default: `step_rate` of `costs`)."""
+    rate_of = rate or (lambda kind, b, k: step_rate(costs, kind, b, k))
+    best = ("none", 0, rate_of("none", batch, 0)) if "none" in kinds else None
     for kind in ("sequential", "psd"):
         if kind not in kinds:
             continue
         for k in range(1, k_max + 1):
-            rate = step_rate(costs, kind, batch, k)
+            rate = rate_of(kind, batch, k)
             if best is None or rate > best[2] * (1 + 1e-9):
                 best = (kind, k, rate)
     return best

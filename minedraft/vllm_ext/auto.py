@@ -3,7 +3,7 @@ verification (psd) or draft then verify (sequential), and k.
 
 The choice maximises predicted output tokens per second for the current number of decoding
 requests, with the cost model the simulator and the advisor use (minedraft.core.costmodel:
-`step_rate`), fed by online estimates learnt from this engine's own steps:
+`step_rate`, `best_step`), fed by online estimates learnt from this engine's own steps:
 
 - the target's step time without drafts by requests (from steps that only decode: a decode step
   costs less than a verification of as many tokens), and by tokens otherwise (every other step),
@@ -23,8 +23,8 @@ A cost profile (`auto_profile`) seeds the estimates; without one the policy expl
 of the choices that could still win (predicted within `PLAUSIBLE` of the best) stay current;
 choices predicted far worse are not paid for again. A switch needs the new choice to be
 predicted at least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one, so
-noise does not make it flap. Seeded sampling under `auto` depends on load (the number of drafts per step does), as
-with vLLM's own dynamic speculation.
+noise does not make it flap. Seeded sampling under `auto` depends on load (the number of drafts
+per step does), as with vLLM's own dynamic speculation.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from __future__ import annotations
 import collections
 import statistics
 
-from minedraft.core.costmodel import Curve, step_rate
+from minedraft.core.costmodel import Curve, best_step, step_rate
 from minedraft.core.trace import StepRecord
 
 HYSTERESIS = 0.05  # a switch must be predicted this much faster
@@ -160,7 +160,6 @@ class OnlineCosts:
         self._excess[r.kind].append(max(0.0, r.step_ms - critical))
         self.overheads[r.kind] = statistics.median(self._excess[r.kind])
 
-
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
         """(draft tokens, accepted) of each request verified with drafts in a step."""
         for n, a in drafts:
@@ -209,7 +208,7 @@ class AutoPolicy:
         return [c for c in choices for _ in range(steps)]
 
     def choices(self) -> list[tuple[str, int]]:
-        """Every (kind, k) the policy may choose, simpler ones first (they win ties)."""
+        """Every (kind, k) the policy may choose: none, then sequential and psd at k = 1..k_max."""
         return [("none", 0)] + [(kind, k) for kind in ("sequential", "psd")
                                 for k in range(1, self.k_max + 1)]
 
@@ -258,10 +257,10 @@ class AutoPolicy:
         return choice
 
     def _best(self, n: int) -> tuple[str, int]:
-        rates = [(self.rate(c, n), -i, c) for i, c in enumerate(self.choices())]
-        rate, _, choice = max(rates)
+        kind, k, rate = best_step(self.costs, n, self.k_max,
+                                  rate=lambda kind, b, k: self.rate((kind, k), b))
         self.predicted["best"] = rate
-        return choice
+        return kind, k
 
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
         """Acceptance of this step's verifications."""
@@ -280,9 +279,8 @@ class AutoPolicy:
         self.costs.observe_step(record)
         pending, self._pending = self._pending, None
         r = record
-        if pending is None or not r.step_ms or not r.verify or pending[2] <= 0:
-            return
-        if (r.tokens or 0) > r.verify + r.drafted_tokens:
+        if (pending is None or not r.step_ms or not r.verify or pending[2] <= 0
+                or (r.tokens or 0) > r.verify + r.drafted_tokens):
             return
         choice, n, predicted = pending
         ratio = min(CLIP[1], max(CLIP[0], (r.verify + r.accepted_tokens) / r.step_ms / predicted))
