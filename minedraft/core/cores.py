@@ -77,3 +77,19 @@ def pin_all_threads(cores: list[int]) -> None:
             os.sched_setaffinity(int(tid), cores)
         except OSError:  # a thread that has just ended
             pass
+
+
+class ThreadPinning:
+    """Every thread of this process kept on `cores` while held, else on the cores it had when
+    this was made; only a change costs system calls (one per thread)."""
+
+    def __init__(self, cores: list[int]):
+        self.cores = cores
+        self.free = sorted(os.sched_getaffinity(0))
+        self.held: bool | None = None
+
+    def hold(self, on: bool) -> None:
+        """Keep to `cores` (on) or go back to the cores this process had (off)."""
+        if on != self.held:
+            pin_all_threads(self.cores if on else self.free)
+            self.held = on

@@ -11,11 +11,12 @@ requests, with the cost model the simulator and the advisor use (minedraft.core.
 - each kind's overhead (step time beyond its modelled parts),
 - acceptance per draft position (from every verification with drafts).
 
-Each (kind, k) also carries a calibration, per batch-size bin and overall: a moving average of
-its steps' measured output rate over the rate predicted when they were chosen (every step of
-the choice counts, catch-ups and waits for the drafter included, except steps that also prefill
-prompts, whose cost is the same for every choice), so what the cost model misses (the two
-processes slowing each other, costs that depend on k) is measured, not assumed. Learnt times
+Each (kind, k) also carries a calibration, per batch-size bin and overall: the time the cost
+model predicted for its steps' output over the time they took, both moving averages (a ratio of
+sums, so a slow step weighs by its length, as in a whole run; every step of the choice counts,
+catch-ups and waits for the drafter included, except steps that also prefill prompts, whose
+cost is the same for every choice), so what the cost model misses (the two processes slowing
+each other, costs that depend on k) is measured, not assumed. Learnt times
 are medians of recent steps: single steps spike (arrivals, garbage collection).
 
 A cost profile (`auto_profile`) seeds the estimates; without one the policy explores first
@@ -42,9 +43,9 @@ REEXPLORE_EVERY = 200  # steps between short re-explorations
 REEXPLORE = 2  # steps per choice when re-exploring
 PLAUSIBLE = 0.8  # re-explore only choices predicted at least this fraction of the best
 WINDOW = 9  # measurements per bin (and per overhead) whose median is the estimate
-EMA = 0.1  # weight of a step in its choice's calibration
+EMA = 0.1  # weight of a step in its choice's calibration (both moving averages)
 MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
-CLIP = (0.5, 2.0)  # bounds of one step's measured / predicted rate (one step cannot decide)
+SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 
 
 class OnlineCurve:
@@ -55,6 +56,7 @@ class OnlineCurve:
     def __init__(self, prior=None):
         self.window: dict[int, collections.deque] = {}
         self.bins: dict[int, float] = {}
+        self._curve: Curve | None = None  # read on every prediction: built once per change
         self.prior = prior  # callable size -> ms, used until there are observations
 
     @staticmethod
@@ -68,11 +70,14 @@ class OnlineCurve:
         window = self.window.setdefault(b, collections.deque(maxlen=WINDOW))
         window.append(ms)
         self.bins[b] = statistics.median(window)
+        self._curve = None
 
     def __call__(self, x: float) -> float:
         if not self.bins:
             return self.prior(x) if self.prior else 0.0
-        return Curve(list(self.bins.items()))(x)
+        if self._curve is None:
+            self._curve = Curve(list(self.bins.items()))
+        return self._curve(x)
 
     @property
     def seen(self) -> bool:
@@ -182,10 +187,10 @@ class AutoPolicy:
         self.dwell = 0
         self.steps = 0
         self.predicted: dict[str, float] = {}
-        # (kind, k) -> measured / predicted output rate of its steps (a moving average): what
+        # (kind, k) -> moving averages of (predicted, measured) ms of its steps' output: what
         # the cost model misses (interference between the two processes, catch-up drafting,
         # waits for the drafter); also (kind, k, batch-size bin), used where it was measured
-        self.calibrations: dict[tuple, float] = {}
+        self.timings: dict[tuple, tuple[float, float]] = {}
         self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, rate
 
     @classmethod
@@ -213,9 +218,10 @@ class AutoPolicy:
                                 for k in range(1, self.k_max + 1)]
 
     def calibration(self, choice: tuple[str, int], n: int | None = None) -> float | None:
-        """Measured / predicted output of `choice`'s steps (at batch size `n`'s bin when
-        given); None before it ran."""
-        return self.calibrations.get(choice if n is None else (*choice, OnlineCurve._bin(n)))
+        """Measured / predicted output rate of `choice`'s steps (at batch size `n`'s bin when
+        given): predicted over measured time of their output; None before it ran."""
+        timing = self.timings.get(choice if n is None else (*choice, OnlineCurve._bin(n)))
+        return timing[0] / timing[1] if timing else None
 
     def rate(self, choice: tuple[str, int], n: int) -> float:
         """Output tokens per ms that `choice` is ranked by, for `n` decoding requests: the cost
@@ -271,8 +277,8 @@ class AutoPolicy:
         self.costs.observe_round(batch, k, ms)
 
     def observe_step(self, record: StepRecord) -> None:
-        """A completed step's record: the costs it shows, and how its output rate (verified
-        requests + accepted drafts per ms) compares with the rate predicted when it was chosen.
+        """A completed step's record: the costs it shows, and how long its output (verified
+        requests + accepted drafts) took against the time predicted when it was chosen.
         Every step of a choice counts (its catch-ups and waits for the drafter are its cost)
         except those that also prefill prompts (their cost is the same for every choice, and
         large and noisy)."""
@@ -282,8 +288,10 @@ class AutoPolicy:
         if (pending is None or not r.step_ms or not r.verify or pending[2] <= 0
                 or (r.tokens or 0) > r.verify + r.drafted_tokens):
             return
-        choice, n, predicted = pending
-        ratio = min(CLIP[1], max(CLIP[0], (r.verify + r.accepted_tokens) / r.step_ms / predicted))
+        choice, n, rate = pending
+        predicted = (r.verify + r.accepted_tokens) / rate
+        measured = min(r.step_ms, SPIKE * predicted)
         for key in (choice, (*choice, OnlineCurve._bin(n))):
-            old = self.calibrations.get(key)
-            self.calibrations[key] = ratio if old is None else (1 - EMA) * old + EMA * ratio
+            old = self.timings.get(key)
+            self.timings[key] = (predicted, measured) if old is None else (
+                (1 - EMA) * old[0] + EMA * predicted, (1 - EMA) * old[1] + EMA * measured)

@@ -59,7 +59,8 @@ class PSDSettings:
         this machine's CPU has cores of its own. vLLM's engine core waits for its workers by
         spinning in sched_yield (shm_broadcast, up to 1 s between steps); left free, it spins
         on the drafter's core and slows every round (measured: 17.4 -> 11.6 ms per round,
-        benchmarks/README.md). None: leave it where it is (the target's bind is automatic or
+        benchmarks/README.md). The scheduler holds it there only in steps that draft
+        (benchmarks/engine_core_free_k0). None: leave it where it is (the target's bind is automatic or
         every core, the drafter is remote, on a GPU or shares the target's cores).
         `target_bind` defaults to this process's VLLM_CPU_OMP_THREADS_BIND."""
         bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") if target_bind is None \

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from minedraft.core import messages as m
-from minedraft.core.cores import pin_all_threads
+from minedraft.core.cores import ThreadPinning
 from minedraft.core.errors import ConfigError
 from minedraft.core.subbatch import StepPlan, SubBatches, plan_step
 from minedraft.core.trace import StepRecord, encode_record
@@ -90,9 +90,11 @@ class PSDSchedulerMixin:
         except DrafterDown as exc:
             raise RuntimeError(f"the PSD drafter did not start: {exc}") from exc
         self._generation = self.drafter.generation
+        # vLLM's engine core spins while its worker runs: kept to the target's cores while the
+        # drafter works, left free in steps without drafts (it then spins on the idle core)
         cores = s.engine_core_cores()
-        if cores and multiprocessing.parent_process() is not None:  # vLLM's engine core process
-            pin_all_threads(cores)  # (after the drafter started; it pins itself anyway)
+        in_engine_core = multiprocessing.parent_process() is not None
+        self.pinning = ThreadPinning(cores) if cores and in_engine_core else None
         logger.warning("PSD scheduler: mode %s, k=%d, drafter %s", s.mode, self.k_max,
                        s.draft_address or s.draft)
 
@@ -126,6 +128,8 @@ class PSDSchedulerMixin:
         kind, k = self.policy.choose(len(decoding)) if self.drafter.up else ("none", 0)
         fresh = {rid for rid in decoding if self._fresh(rid)}
         plan = plan_step(self.batches, decoding, fresh, kind)
+        if self.pinning is not None:
+            self.pinning.hold(kind != "none")
         rec = self.record = StepRecord(step=self.step_index, start_s=t0, kind=plan.kind, k=k,
                                        verify=len(plan.verify), draft=len(plan.draft),
                                        held=len(plan.held), catch_up=len(plan.catch_up),

@@ -13,7 +13,7 @@ from minedraft.core.costmodel import best_step, expected_tokens, load_profile, s
 from minedraft.core.messages import vocab_fingerprint
 from minedraft.core.trace import StepRecord, read_trace
 from minedraft.vllm_ext.auto import (HYSTERESIS, MARGIN, MIN_DWELL, PLAUSIBLE, REEXPLORE_EVERY,
-                                     AutoPolicy)
+                                     AutoPolicy, OnlineCosts)
 from minedraft.vllm_ext.step import PSDSchedulerMixin
 
 
@@ -235,6 +235,22 @@ def test_choices_predicted_far_worse_are_not_explored_again():
     rates = [step_rate(policy.costs, kind, 8, k) for kind, k in policy._exploration(1)]
     assert max(r for r, c in zip(rates, policy._exploration(1)) if c[0] != "none") \
         < PLAUSIBLE * policy.predicted["best"]
+
+
+def test_calibration_weighs_steps_by_their_length_as_a_whole_run_does():
+    """A choice whose every fifth step takes three times its predicted time (a wait for the
+    drafter) runs at 5 / 7 of its predicted rate over a whole run; an average of per-step
+    ratios would say 13 / 15 and over-rate it. The calibration is the whole-run ratio."""
+    policy = _Fixed(("none", 0))
+    policy.costs = OnlineCosts(3, FLAT_VERIFY)  # learns nothing from these steps: flat costs
+    rate = step_rate(policy.costs, "none", 8, 0)
+    predicted = 8 / rate  # ms the cost model gives a step's 8 output tokens
+    for i in range(200):
+        policy._pending = (("none", 0), 8, rate)  # as `choose` leaves it
+        policy.observe_step(StepRecord(kind="none", verify=8, tokens=8, verify_ms=predicted,
+                                       step_ms=predicted * (3 if i % 5 == 4 else 1)))
+    # (moving averages: within a cycle of five steps it swings by a few hundredths)
+    assert policy.calibration(("none", 0)) == pytest.approx(5 / 7, abs=0.06)  # not 13 / 15
 
 
 class _StubAuto(PSDSchedulerMixin, StubScheduler):

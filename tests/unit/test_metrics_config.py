@@ -120,6 +120,40 @@ def test_a_process_started_by_a_pinned_engine_core_can_pin_itself_elsewhere():
         pin_process(str(os.cpu_count() + 3))
 
 
+def test_the_engine_core_is_held_to_the_targets_cores_only_while_asked():
+    """The PSD scheduler holds vLLM's engine core to the target's cores in steps that draft and
+    lets it go back to its own cores in steps without drafts: every thread, the ones started
+    while held included (they inherit the mask)."""
+    import os
+    import threading
+
+    from minedraft.core.cores import ThreadPinning
+    before = os.sched_getaffinity(0)
+    if len(before) < 2:
+        pytest.fail("this test needs 2 cores (CI has 2)")
+    first = min(before)
+    seen, go = {}, threading.Event()
+
+    def worker():
+        seen["start"] = os.sched_getaffinity(0)
+        go.wait(5)
+        seen["after"] = os.sched_getaffinity(0)
+
+    pinning = ThreadPinning([first])
+    try:
+        pinning.hold(True)
+        thread = threading.Thread(target=worker)
+        thread.start()
+        pinning.hold(True)  # no change: nothing to do
+        assert os.sched_getaffinity(0) == {first}
+        pinning.hold(False)
+        go.set()
+        thread.join()
+        assert seen == {"start": {first}, "after": before} and os.sched_getaffinity(0) == before
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def test_vocabulary_fingerprint_tells_tokenizers_apart(tokenizer):
     from transformers import AutoTokenizer
 
