@@ -16,8 +16,8 @@ model predicted for its steps' output over the time they took, both moving avera
 sums, so a slow step weighs by its length, as in a whole run; every step of the choice counts,
 catch-ups and waits for the drafter included, except steps that also prefill prompts, whose
 cost is the same for every choice), so what the cost model misses (the two processes slowing
-each other, costs that depend on k) is measured, not assumed. Learnt times
-are medians of recent steps: single steps spike (arrivals, garbage collection).
+each other, costs that depend on k) is measured, not assumed. Learnt times are medians of recent
+steps: single steps spike (arrivals, garbage collection).
 
 A cost profile (`auto_profile`) seeds the estimates; without one the policy explores first
 (every kind and k_max for a few steps each), then re-explores now and then so that estimates
