@@ -9,6 +9,11 @@ requests, with the cost model the simulator and the advisor use (minedraft.core.
   costs less than a verification of as many tokens), and by tokens otherwise (every other step),
 - the drafter's round time by requests and k (from every round),
 - each kind's overhead (step time beyond its modelled parts),
+- the target's pace: its recent steps' time over the time learnt for their size (a median).
+  Both target curves hold times divided by the pace of their moment and are read times the pace
+  now, so a curve whose sizes did not run lately (the verification curve while plain decoding
+  runs, and the reverse) follows the machine's speed, which drifts on a shared host; choices
+  not run lately would otherwise be ranked by the speed of a quicker (or slower) moment,
 - acceptance per draft position (from every verification with drafts).
 
 Each (kind, k) also carries a calibration, per batch-size bin and overall: the time the cost
@@ -97,6 +102,8 @@ class OnlineCosts:
                        for k in range(1, k_max + 1)}  # ms by requests drafted, per k
         self.overheads = {kind: (p.overhead_ms(kind) if p else 0.0)
                           for kind in ("none", "sequential", "psd")}
+        self.pace = 1.0  # the target's recent times over the curves' times for their sizes
+        self._paces: collections.deque = collections.deque(maxlen=WINDOW)
         self._excess = {kind: collections.deque(maxlen=WINDOW) for kind in self.overheads}
         # per position i: verifications that reached it (all drafts before it accepted) and
         # how many of those accepted it; a profile's rates count as one verification
@@ -111,16 +118,16 @@ class OnlineCosts:
         any decode-only step, the verification curve."""
         plain = self.plain
         if not plain.seen:
-            return plain(batch) if plain.prior else self.target(batch)
+            return self.pace * (plain(batch) if plain.prior else self.target(batch))
         if len(plain.bins) > 1 or not self.target.seen:
-            return plain(batch)
+            return self.pace * plain(batch)
         (size, ms), = plain.bins.items()
         base = self.target(size)
-        return self.target(batch) * ms / base if base > 0 else ms
+        return self.pace * (self.target(batch) * ms / base if base > 0 else ms)
 
     def verify(self, tokens: float) -> float:
         """A verification of `tokens` tokens, ms."""
-        return self.target(tokens)
+        return self.pace * self.target(tokens)
 
     def draft_ms(self, batch: float, k: int) -> float:
         """A drafter round of `batch` requests and k tokens, ms (an unseen k scales the nearest
@@ -153,9 +160,13 @@ class OnlineCosts:
             return
         tokens = r.tokens or r.verify + r.drafted_tokens
         if not r.drafted_tokens and tokens == r.verify:  # decode only
-            self.plain.observe(r.verify, r.verify_ms)
+            curve, size = self.plain, r.verify
         else:
-            self.target.observe(tokens, r.verify_ms)
+            curve, size = self.target, tokens
+        if OnlineCurve._bin(size) in curve.bins:  # a pace needs a time learnt at this size
+            self._paces.append(r.verify_ms / max(curve(size), 1e-6))
+            self.pace = statistics.median(self._paces)
+        curve.observe(size, r.verify_ms / self.pace)
         if r.kind == "psd":
             critical = max(r.draft_ms or 0.0, r.verify_ms)
         elif r.kind == "sequential":

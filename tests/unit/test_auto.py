@@ -286,3 +286,30 @@ def test_auto_through_the_scheduler_is_exact_and_records_its_choices(tmp_path):
     kinds = {r.kind for r in records if r.verify}
     assert {"psd", "sequential", "none"} <= kinds  # it explored every choice
     assert {r.k for r in records if r.kind != "none" and r.verify} >= {1, 3}
+
+
+def test_a_machine_that_slows_down_slows_the_choices_not_run_lately_too():
+    """On a shared host the machine's speed drifts. Here it slows by 30% while plain decoding
+    runs: the verification curve (not run since exploration) must follow through the target's
+    pace, else sequential drafting, whose verifications were timed at the quicker speed, looks
+    more than MARGIN faster than plain decoding, and auto switches to it although it is 2-3%
+    slower at either speed."""
+    acc = lambda i: (0, 1, 1, 2, 3)[i % 5]  # noqa: E731
+    def engine(speed):  # noqa: E306
+        return profile(verify=lambda t: speed * (10.0 + 0.9 * t),
+                       decode=lambda b: speed * (8.0 + 0.5 * b), draft=lambda b, k: speed * 1.5 * k)
+    for speed in (1.0, 1.3):  # the mistake auto must not make: sequential is not better
+        rates = {}
+        for choice in (("none", 0), ("sequential", 1)):
+            fixed = _Fixed(choice)
+            run_synthetic(fixed, engine(speed), 4, 100, accepted=acc)
+            rates[choice] = _measured_rate(fixed, 100)
+        assert rates[("sequential", 1)] < 0.98 * rates[("none", 0)]
+    policy = AutoPolicy(3)
+    run_synthetic(policy, engine(1.0), 4, 300, accepted=acc)
+    assert policy.current == ("none", 0)
+    verify_before = policy.costs.verify(8)
+    for _ in range(400):
+        run_synthetic(policy, engine(1.3), 4, 1, accepted=acc)
+        assert policy.current == ("none", 0)
+    assert policy.costs.verify(8) == pytest.approx(1.3 * verify_before, rel=0.05)
