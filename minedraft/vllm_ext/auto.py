@@ -163,8 +163,9 @@ class OnlineCosts:
             curve, size = self.plain, r.verify
         else:
             curve, size = self.target, tokens
-        if OnlineCurve._bin(size) in curve.bins:  # a pace needs a time learnt at this size
-            self._paces.append(r.verify_ms / max(curve(size), 1e-6))
+        learnt = curve.bins.get(OnlineCurve._bin(size))  # against its own bin, as stored
+        if learnt:  # (interpolating at `size` would bias sizes between two bins' keys)
+            self._paces.append(r.verify_ms / learnt)
             self.pace = statistics.median(self._paces)
         curve.observe(size, r.verify_ms / self.pace)
         if r.kind == "psd":

@@ -313,3 +313,16 @@ def test_a_machine_that_slows_down_slows_the_choices_not_run_lately_too():
         run_synthetic(policy, engine(1.3), 4, 1, accepted=acc)
         assert policy.current == ("none", 0)
     assert policy.costs.verify(8) == pytest.approx(1.3 * verify_before, rel=0.05)
+
+
+def test_the_pace_stays_one_on_a_machine_that_keeps_its_speed():
+    """Verifications of 8 and 12 tokens (12 lies in the bin keyed 16) at constant costs: the pace
+    (each step's time over its own bin's learnt time) stays 1, and predictions stay true."""
+    costs = OnlineCosts(3)
+    for i in range(60):
+        tokens = (8, 12, 12)[i % 3]
+        costs.observe_step(StepRecord(kind="sequential", k=2, verify=4, tokens=tokens,
+                                      drafted_tokens=tokens - 4, verify_ms=20.0 + tokens,
+                                      draft_ms=5.0, step_ms=26.0 + tokens))
+    assert costs.pace == pytest.approx(1.0, abs=0.005)
+    assert costs.verify(8) == pytest.approx(28.0, rel=0.01)
