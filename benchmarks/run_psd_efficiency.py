@@ -132,13 +132,17 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     table = format_table(summary)
     plot(summary, out / "psd_efficiency.png")
+    modes = {m.split(":")[0].split("@")[0] for m in args.modes.split(",")}
+    title = ("PSD at its own limit (issue 13)" if "psd" in modes else
+             "`auto` against the fixed modes at fixed concurrency (issue 15)")
+    empty = "" if "psd" in modes else " The psd columns are empty: psd did not run."
     (out / "README.md").write_text(
-        "# PSD at its own limit (issue 13), measured\n\n"
+        f"# {title}, measured\n\n"
         f"`{' '.join(sys.argv)}` on {summary['date']}; hardware {summary['hardware']}; "
         f"versions {summary['versions']}. Bench command per concurrency: "
         f"`{summary['command']}` (C varies). Bundled pair, ShareGPT, int8 lean drafter on core 1, "
         "target on core 0; every number is measured (medians of the repeats); 'ideal' is "
-        "computed from the same run's own times.\n\n" + table +
+        f"computed from the same run's own times.{empty}\n\n" + table +
         "\n\n![throughput](psd_efficiency.png)\n")
     print(table)
 
