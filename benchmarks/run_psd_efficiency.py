@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from minedraft.cli.options import mode_list
+
 COLUMNS = ("output_throughput_tok_s", "mean_draft_ms", "mean_verify_ms", "mean_step_ms",
            "mean_max_draft_verify_ms", "overlap_efficiency", "mean_verified_per_step",
            "mean_accepted_length")
@@ -132,10 +134,10 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     table = format_table(summary)
     plot(summary, out / "psd_efficiency.png")
-    modes = {m.split(":")[0].split("@")[0] for m in args.modes.split(",")}
-    title = ("PSD at its own limit (issue 13)" if "psd" in modes else
+    psd_ran = any(run.mode == "psd" for run in mode_list(args.modes))
+    title = ("PSD at its own limit (issue 13)" if psd_ran else
              "`auto` against the fixed modes at fixed concurrency (issue 15)")
-    empty = "" if "psd" in modes else " The psd columns are empty: psd did not run."
+    empty = "" if psd_ran else " The psd columns are empty: psd did not run."
     (out / "README.md").write_text(
         f"# {title}, measured\n\n"
         f"`{' '.join(sys.argv)}` on {summary['date']}; hardware {summary['hardware']}; "

@@ -116,14 +116,17 @@ class OnlineCosts:
         """A step without drafts for `batch` requests, ms: the decode-only curve; while it has
         a single size, the verification curve scaled to it (one point has no slope); before
         any decode-only step, the verification curve."""
+        return self.pace * self._decode_at_pace_one(batch)
+
+    def _decode_at_pace_one(self, batch: float) -> float:
         plain = self.plain
         if not plain.seen:
-            return self.pace * (plain(batch) if plain.prior else self.target(batch))
+            return plain(batch) if plain.prior else self.target(batch)
         if len(plain.bins) > 1 or not self.target.seen:
-            return self.pace * plain(batch)
+            return plain(batch)
         (size, ms), = plain.bins.items()
         base = self.target(size)
-        return self.pace * (self.target(batch) * ms / base if base > 0 else ms)
+        return self.target(batch) * ms / base if base > 0 else ms
 
     def verify(self, tokens: float) -> float:
         """A verification of `tokens` tokens, ms."""
