@@ -16,13 +16,18 @@ requests, with the cost model the simulator and the advisor use (minedraft.core.
   not run lately would otherwise be ranked by the speed of a quicker (or slower) moment,
 - acceptance per draft position (from every verification with drafts).
 
-Each (kind, k) also carries a calibration, per batch-size bin and overall: the time the cost
-model predicted for its steps' output over the time they took, both moving averages (a ratio of
-sums, so a slow step weighs by its length, as in a whole run; every step of the choice counts,
-catch-ups and waits for the drafter included, except steps that also prefill prompts, whose
-cost is the same for every choice), so what the cost model misses (the two processes slowing
-each other, costs that depend on k) is measured, not assumed. Learnt times are medians of recent
-steps: single steps spike (arrivals, garbage collection).
+Each (kind, k) also carries a calibration per batch-size bin: over its last CAL_WINDOW steps
+in that bin, the time the cost model predicts now for their output over the time they took
+(a ratio of sums, so a slow step weighs by its length, as in a whole run; every step of the
+choice counts, catch-ups and waits for the drafter included, except steps that also prefill
+prompts, whose cost is the same for every choice), so what the cost model misses (the two
+processes slowing each other, costs that depend on k) is measured, not assumed. The prediction
+is re-read from the model as it is now, and each step's time is scaled by the pace then and
+now: a calibration learnt while the curves were still wrong, or during a slow spell, would
+otherwise outlive the mistake it corrected. A bin where the choice never ran borrows the
+steps of the bins within a factor of 2; beyond them the cost model alone ranks it (the
+misses of batch 4 say nothing of batch 128). Learnt times are medians of recent steps:
+single steps spike (arrivals, garbage collection).
 
 A cost profile (`auto_profile`) seeds the estimates; without one the policy explores first
 (every kind and k_max for a few steps each), then re-explores now and then so that estimates
@@ -48,19 +53,21 @@ REEXPLORE_EVERY = 200  # steps between short re-explorations
 REEXPLORE = 2  # steps per choice when re-exploring
 PLAUSIBLE = 0.8  # re-explore only choices predicted at least this fraction of the best
 WINDOW = 9  # measurements per bin (and per overhead) whose median is the estimate
-EMA = 0.1  # weight of a step in its choice's calibration (both moving averages)
+CAL_WINDOW = 20  # steps per (choice, batch-size bin) in its calibration
 MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 
 
 class OnlineCurve:
-    """ms by size: the median of the last WINDOW measurements per size bin (powers of 2 beyond
-    8; a median, because single steps spike: arrivals, garbage collection), read through a
-    Curve (interpolated between bins, least-squares slope beyond them)."""
+    """ms by size: per size bin (powers of 2 beyond 8), the median of its last WINDOW
+    measurements (a median, because single steps spike: arrivals, garbage collection) placed at
+    their mean size, read through a Curve (interpolated between bins, least-squares slope beyond
+    them). At the mean size, not the bin's key: steps of 170 requests timed as if they were 256
+    would make every size between two keys look cheaper than it is."""
 
     def __init__(self, prior=None):
-        self.window: dict[int, collections.deque] = {}
-        self.bins: dict[int, float] = {}
+        self.window: dict[int, collections.deque] = {}  # bin -> (size, ms) of its last steps
+        self.bins: dict[int, float] = {}  # bin -> median ms
         self._curve: Curve | None = None  # read on every prediction: built once per change
         self.prior = prior  # callable size -> ms, used until there are observations
 
@@ -73,16 +80,20 @@ class OnlineCurve:
         """Fold one measurement (size, ms) into its bin."""
         b = self._bin(x)
         window = self.window.setdefault(b, collections.deque(maxlen=WINDOW))
-        window.append(ms)
-        self.bins[b] = statistics.median(window)
+        window.append((x, ms))
+        self.bins[b] = statistics.median(t for _, t in window)
         self._curve = None
 
     def __call__(self, x: float) -> float:
         if not self.bins:
             return self.prior(x) if self.prior else 0.0
         if self._curve is None:
-            self._curve = Curve(list(self.bins.items()))
+            self._curve = Curve(self.points())
         return self._curve(x)
+
+    def points(self) -> list[tuple[float, float]]:
+        """(mean size, median ms) per bin."""
+        return [(statistics.fmean(x for x, _ in self.window[b]), ms) for b, ms in self.bins.items()]
 
     @property
     def seen(self) -> bool:
@@ -124,7 +135,7 @@ class OnlineCosts:
             return plain(batch) if plain.prior else self.target(batch)
         if len(plain.bins) > 1 or not self.target.seen:
             return plain(batch)
-        (size, ms), = plain.bins.items()
+        (size, ms), = plain.points()
         base = self.target(size)
         return self.target(batch) * ms / base if base > 0 else ms
 
@@ -191,6 +202,26 @@ class OnlineCosts:
                     break
 
 
+class _Steps:
+    """A choice's last CAL_WINDOW steps in one batch-size bin, summed by requests decoding:
+    `by_n[n]` = (steps, output tokens, ms at pace 1)."""
+
+    def __init__(self):
+        self.steps: collections.deque = collections.deque(maxlen=CAL_WINDOW)
+        self.by_n: dict[int, tuple[int, int, float]] = {}
+
+    def add(self, n: int, output: int, ms: float) -> None:
+        """One more step; the oldest leaves a full window."""
+        if len(self.steps) == CAL_WINDOW:
+            old = self.steps[0]
+            count, out, t = self.by_n.pop(old[0])
+            if count > 1:
+                self.by_n[old[0]] = (count - 1, out - old[1], t - old[2])
+        self.steps.append((n, output, ms))
+        count, out, t = self.by_n.get(n, (0, 0, 0.0))
+        self.by_n[n] = (count + 1, out + output, t + ms)
+
+
 class AutoPolicy:
     """The per-step choice of `--mode auto` (see the module docstring)."""
 
@@ -202,10 +233,10 @@ class AutoPolicy:
         self.dwell = 0
         self.steps = 0
         self.predicted: dict[str, float] = {}
-        # (kind, k) -> moving averages of (predicted, measured) ms of its steps' output: what
-        # the cost model misses (interference between the two processes, catch-up drafting,
-        # waits for the drafter); also (kind, k, batch-size bin), used where it was measured
-        self.timings: dict[tuple, tuple[float, float]] = {}
+        # (kind, k, batch-size bin) -> its last steps, which the calibration compares with the
+        # model as it is now
+        self.samples: dict[tuple, _Steps] = {}
+        self._cache: dict[tuple, float | None] = {}  # rates, calibrations: until an observation
         self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, rate
 
     @classmethod
@@ -232,29 +263,44 @@ class AutoPolicy:
         return [("none", 0)] + [(kind, k) for kind in ("sequential", "psd")
                                 for k in range(1, self.k_max + 1)]
 
-    def calibration(self, choice: tuple[str, int], n: int | None = None) -> float | None:
-        """Measured / predicted output rate of `choice`'s steps (at batch size `n`'s bin when
-        given): predicted over measured time of their output; None before it ran."""
-        timing = self.timings.get(choice if n is None else (*choice, OnlineCurve._bin(n)))
-        return timing[0] / timing[1] if timing else None
+    def calibration(self, choice: tuple[str, int], n: int) -> float | None:
+        """Measured / predicted output rate of `choice` at `n` requests decoding: over its steps
+        in n's batch-size bin (else in the bins within a factor of 2), the time the model
+        predicts now for their output over the time they took at today's pace; None where it
+        has not run (see the module docstring)."""
+        key = ("cal", *choice, OnlineCurve._bin(n))
+        if key not in self._cache:
+            b = key[-1]
+            own = self.samples.get((*choice, b))
+            windows = [own] if own else [w for (kind, k, bb), w in self.samples.items()
+                                         if (kind, k) == choice and b <= 2 * bb <= 4 * b]
+            sums = [v for w in windows for v in w.by_n.items()]
+            predicted = sum(out / self._model_rate(choice, m) for m, (_, out, _) in sums
+                            if self._model_rate(choice, m) > 0)
+            measured = self.costs.pace * sum(ms for _, (_, _, ms) in sums)
+            self._cache[key] = predicted / measured if predicted and measured else None
+        return self._cache[key]
 
     def rate(self, choice: tuple[str, int], n: int) -> float:
         """Output tokens per ms that `choice` is ranked by, for `n` decoding requests: the cost
-        model's `step_rate`, times the choice's calibration at this batch size (else at any, 1
-        until it has run), over 1 + MARGIN for choices that draft. The margin is there
+        model's `step_rate`, times the choice's calibration at this batch size (1 where it has
+        not run near it), over 1 + MARGIN for choices that draft. The margin is there
         because what the model misses mostly favours drafting: measured on 2 CPU cores,
         steps that draft look 5-15% better than whole runs of them turn out
         (benchmarks/psd_efficiency), as the drafter's prompt prefills and the frontend share
         its core."""
-        cal = self.calibration(choice, n) or self.calibration(choice) or 1.0
+        cal = self.calibration(choice, n) or 1.0
         margin = 1.0 if choice[0] == "none" else 1.0 + MARGIN
         return self._model_rate(choice, n) * cal / margin
 
     def _model_rate(self, choice: tuple[str, int], n: int) -> float:
-        try:
-            return step_rate(self.costs, choice[0], n, choice[1])
-        except ZeroDivisionError:  # nothing measured yet
-            return 0.0
+        key = ("rate", *choice, n)
+        if key not in self._cache:
+            try:
+                self._cache[key] = step_rate(self.costs, choice[0], n, choice[1])
+            except ZeroDivisionError:  # nothing measured yet
+                self._cache[key] = 0.0
+        return self._cache[key]
 
     def choose(self, n_decoding: int) -> tuple[str, int]:
         """(kind, k) for the next step with `n_decoding` requests decoding."""
@@ -286,10 +332,12 @@ class AutoPolicy:
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
         """Acceptance of this step's verifications."""
         self.costs.observe_drafts(drafts)
+        self._cache.clear()
 
     def observe_round(self, batch: int, k: int, ms: float) -> None:
         """Cost of a drafter round."""
         self.costs.observe_round(batch, k, ms)
+        self._cache.clear()
 
     def observe_step(self, record: StepRecord) -> None:
         """A completed step's record: the costs it shows, and how long its output (verified
@@ -297,16 +345,15 @@ class AutoPolicy:
         Every step of a choice counts (its catch-ups and waits for the drafter are its cost)
         except those that also prefill prompts (their cost is the same for every choice, and
         large and noisy)."""
-        self.costs.observe_step(record)
+        self.costs.observe_step(record)  # (the pace now includes this step)
+        self._cache.clear()
         pending, self._pending = self._pending, None
         r = record
         if (pending is None or not r.step_ms or not r.verify or pending[2] <= 0
                 or (r.tokens or 0) > r.verify + r.drafted_tokens):
             return
         choice, n, rate = pending
-        predicted = (r.verify + r.accepted_tokens) / rate
-        measured = min(r.step_ms, SPIKE * predicted)
-        for key in (choice, (*choice, OnlineCurve._bin(n))):
-            old = self.timings.get(key)
-            self.timings[key] = (predicted, measured) if old is None else (
-                (1 - EMA) * old[0] + EMA * predicted, (1 - EMA) * old[1] + EMA * measured)
+        output = r.verify + r.accepted_tokens
+        measured = min(r.step_ms, SPIKE * output / rate)
+        bin_ = (*choice, OnlineCurve._bin(n))
+        self.samples.setdefault(bin_, _Steps()).add(n, output, measured / self.costs.pace)

@@ -4,6 +4,7 @@ costs from step records alone."""
 
 from __future__ import annotations
 
+import itertools
 import types
 
 import pytest
@@ -13,7 +14,7 @@ from minedraft.core.costmodel import best_step, expected_tokens, load_profile, s
 from minedraft.core.messages import vocab_fingerprint
 from minedraft.core.trace import StepRecord, read_trace
 from minedraft.vllm_ext.auto import (HYSTERESIS, MARGIN, MIN_DWELL, PLAUSIBLE, REEXPLORE_EVERY,
-                                     AutoPolicy, OnlineCosts)
+                                     AutoPolicy, OnlineCosts, OnlineCurve)
 from minedraft.vllm_ext.step import PSDSchedulerMixin
 
 
@@ -249,8 +250,7 @@ def test_calibration_weighs_steps_by_their_length_as_a_whole_run_does():
         policy._pending = (("none", 0), 8, rate)  # as `choose` leaves it
         policy.observe_step(StepRecord(kind="none", verify=8, tokens=8, verify_ms=predicted,
                                        step_ms=predicted * (3 if i % 5 == 4 else 1)))
-    # (moving averages: within a cycle of five steps it swings by a few hundredths)
-    assert policy.calibration(("none", 0)) == pytest.approx(5 / 7, abs=0.06)  # not 13 / 15
+    assert policy.calibration(("none", 0), 8) == pytest.approx(5 / 7, abs=0.01)  # not 13 / 15
 
 
 class _StubAuto(PSDSchedulerMixin, StubScheduler):
@@ -326,3 +326,54 @@ def test_the_pace_stays_one_on_a_machine_that_keeps_its_speed():
                                       draft_ms=5.0, step_ms=26.0 + tokens))
     assert costs.pace == pytest.approx(1.0, abs=0.005)
     assert costs.verify(8) == pytest.approx(28.0, rel=0.01)
+
+
+def test_a_bin_is_read_at_the_sizes_it_measured():
+    """Steps of 100 and 170 requests fall in the bins keyed 128 and 256; read at 170 the curve
+    gives what 170 cost, not an interpolation that places the 170-request steps at 256 (that
+    made plain decoding at 170 look 30% cheaper than it was, on the engine, under load)."""
+    curve = OnlineCurve()
+    for _ in range(3):
+        for x in (100, 170):
+            curve.observe(x, 2.0 * x)
+    assert curve(170) == pytest.approx(340.0)
+    assert curve(135) == pytest.approx(270.0)
+
+
+class _Forced(AutoPolicy):
+    """One choice at every step, learning as auto does."""
+
+    def __init__(self, choice, profile=None):
+        super().__init__(3, profile)
+        self.choice = choice
+
+    def choose(self, n_decoding):
+        super().choose(n_decoding)
+        self._pending = (self.choice, n_decoding, self._model_rate(self.choice, n_decoding))
+        return self.choice
+
+
+def test_a_calibration_does_not_outlive_the_model_error_it_corrected():
+    """A profile that says verification costs twice what it does: the first steps run 2x
+    faster than predicted, until the curves learn the truth from them. The calibration reads
+    those steps against the model as it is now, so it is 1 again, not a memory of the old
+    model's error (learnt at batch 16 under load, such a memory made sequential drafting look
+    4x better than it was)."""
+    true = profile(verify=lambda t: 10.0 + 1.0 * t, draft=lambda b, k: 1.0 * k)
+    wrong = profile(verify=lambda t: 20.0 + 2.0 * t, draft=lambda b, k: 1.0 * k)
+    policy = _Forced(("sequential", 1), wrong)
+    run_synthetic(policy, true, 4, 12)
+    assert policy.calibration(("sequential", 1), 4) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_calibration_says_nothing_far_from_the_batch_sizes_it_was_measured_at():
+    """Sequential k = 3 runs at batch 4, every third step waiting 60 ms for something the model
+    does not see (the median overhead does not either); the calibration applies there and at
+    neighbouring sizes, not at batch 128, where the model alone ranks it."""
+    policy = _Forced(("sequential", 3))
+    steps = itertools.count()
+    run_synthetic(policy, FLAT_VERIFY, 4, 30,
+                  hidden=lambda kind, k: 60.0 if next(steps) % 3 == 2 else 0.0)
+    assert policy.calibration(("sequential", 3), 4) < 0.8
+    assert policy.calibration(("sequential", 3), 6) == policy.calibration(("sequential", 3), 4)
+    assert policy.calibration(("sequential", 3), 128) is None
