@@ -32,8 +32,12 @@ def main() -> None:
                    help="vLLM's dynamic speculation for sd@0: START:END:K batch-size ranges")
     p.add_argument("--modes", default="ar@0,sd-ext,psd,auto,sd-dyn@0",
                    help="which runs (default: all)")
+    p.add_argument("--verbose", action="store_true", help="vLLM's logs in the terminal")
     args = p.parse_args()
 
+    if not args.verbose:
+        from minedraft.cli.main import quiet_vllm
+        print(f"vLLM's logs: {quiet_vllm()}", flush=True)
     from minedraft import models
     from minedraft.bench.provenance import provenance
     from minedraft.core.trace import read_trace, trace_size
@@ -86,8 +90,10 @@ def main() -> None:
         res.pop("runs", None)
         res.update(label=label, config=engine.config.to_dict())
         results.append(res)
+        parts = " / ".join(f"{seg['mean_e2el_ms']:.0f}" for seg in res["segments"])
         print(f"   {res['output_throughput_tok_s']:.1f} tok/s, mean E2EL "
-              f"{res['mean_e2el_ms']:.0f} ms, TPOT {res['mean_tpot_ms']:.1f} ms", flush=True)
+              f"{res['mean_e2el_ms']:.0f} ms (by part of the schedule: {parts}), "
+              f"TPOT {res['mean_tpot_ms']:.1f} ms", flush=True)
     doc = {"runs": results, "schedule": schedule, "output_len": args.output_len,
            "auto_steps": [{"t": r.start_s, "kind": r.kind, "k": r.k, "decoding":
                            r.verify + r.draft + r.held} for r in auto_records if r.verify],

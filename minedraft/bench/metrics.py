@@ -45,6 +45,19 @@ def serving_metrics(results: list[RequestResult], duration_s: float) -> dict:
     return m
 
 
+def segment_metrics(results: list[RequestResult], schedule) -> list[dict]:
+    """`serving_metrics` of each part of a schedule ((rate, count), ...) of requests, in input
+    order: each over its own requests, from the first one's submission to the last one's
+    finish, with the part's "request_rate"."""
+    out, start = [], 0
+    for rate, count in schedule:
+        part = [r for r in results[start:start + count] if r.finish_time is not None]
+        start += count
+        span = (max(r.finish_time for r in part) - min(r.submit_time for r in part)) if part else 0
+        out.append({"request_rate": rate, **serving_metrics(part, span)})
+    return out
+
+
 def median_of_runs(runs: list[dict]) -> dict:
     """Per-key median over repeated runs of the same configuration (numbers only)."""
     out = dict(runs[0])

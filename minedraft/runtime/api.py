@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from minedraft.bench import workloads
-from minedraft.bench.metrics import median_of_runs, serving_metrics
+from minedraft.bench.metrics import median_of_runs, segment_metrics, serving_metrics
 from minedraft.bench.runner import run_requests
 from minedraft.bench.workloads import Request, WorkloadError
 from minedraft.core.trace import read_trace, trace_metrics, trace_size
@@ -92,6 +92,9 @@ def benchmark(engine: Engine, requests: list[Request], *, output_len: int = 128,
               warmup: bool = True, progress: bool = True, ignore_eos: bool = True) -> dict:
     """Serve `requests` `repeats` times; metrics are per-key medians over the repeats.
 
+    `request_rate` may be a schedule ((rate, count), ...) as `arrival_offsets` takes; each run
+    then also holds "segments": serving metrics of each part's requests.
+
     Every request generates exactly `output_len` tokens (EOS ignored), as in the paper's setup;
     with `ignore_eos=False` a request ends at the model's end of turn, as a server would end it.
     """
@@ -111,8 +114,11 @@ def benchmark(engine: Engine, requests: list[Request], *, output_len: int = 128,
         results, duration = run_requests(engine, requests, params, request_rate=request_rate,
                                          max_concurrency=max_concurrency, seed=seed + rep,
                                          progress=progress)
-        runs.append({**serving_metrics(results, duration), **engine.spec.summary(),
-                     **trace_metrics(read_trace(engine.config.trace_path, offset))})
+        run = {**serving_metrics(results, duration), **engine.spec.summary(),
+               **trace_metrics(read_trace(engine.config.trace_path, offset))}
+        if not isinstance(request_rate, (int, float)):  # a load that changes: each part's metrics
+            run["segments"] = segment_metrics(results, request_rate)
+        runs.append(run)
     summary = median_of_runs(runs)
     summary.update(mode=engine.config.mode, repeats=repeats, runs=runs,
                    engine_startup_s=engine.startup_s)

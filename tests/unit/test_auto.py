@@ -377,3 +377,22 @@ def test_a_calibration_says_nothing_far_from_the_batch_sizes_it_was_measured_at(
     assert policy.calibration(("sequential", 3), 4) < 0.8
     assert policy.calibration(("sequential", 3), 6) == policy.calibration(("sequential", 3), 4)
     assert policy.calibration(("sequential", 3), 128) is None
+
+
+def test_steps_that_prefill_prompts_teach_the_costs_nothing():
+    """A chunk of prompts alone, then plain decoding, then the same chunk beside 100 decoding
+    requests (1.5x the time): the mixed steps must not move the pace, else plain decoding,
+    which did not slow down, is predicted 1.5x slower (under load that ranked drafting above
+    it)."""
+    costs = OnlineCosts(3)
+    for _ in range(9):
+        costs.observe_step(StepRecord(kind="none", verify=1, tokens=2048, verify_ms=2000.0,
+                                      step_ms=2001.0))
+    for _ in range(9):
+        costs.observe_step(StepRecord(kind="none", verify=8, tokens=8, verify_ms=16.0,
+                                      step_ms=17.0))
+    for _ in range(9):
+        costs.observe_step(StepRecord(kind="none", verify=100, tokens=2048, verify_ms=3000.0,
+                                      step_ms=3001.0))
+    assert costs.pace == pytest.approx(1.0)
+    assert costs.decode(8) == pytest.approx(16.0)

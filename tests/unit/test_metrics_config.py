@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from minedraft.bench.metrics import median_of_runs, serving_metrics
+from minedraft.bench.metrics import median_of_runs, segment_metrics, serving_metrics
 from minedraft.bench.runner import RequestResult, arrival_offsets
 from minedraft.core.cores import parse_cores
 from minedraft.core.errors import ConfigError
@@ -31,6 +31,20 @@ def test_serving_metrics_worked_example():
     assert m["mean_e2el_ms"] == pytest.approx(500.0)
     assert m["p50_e2el_ms"] == pytest.approx(500.0)
     assert m["p99_e2el_ms"] == pytest.approx(500.0)
+
+
+def test_segment_metrics_split_a_changing_load_by_its_schedule():
+    """Two requests at 1 req/s, then one at 5 req/s: each part over its own requests and span
+    (a request that did not finish is left out)."""
+    rs = [RequestResult(0, 10, [1] * 4, submit_time=0.0, first_token_time=0.1, finish_time=0.4),
+          RequestResult(1, 10, [1] * 4, submit_time=1.0, first_token_time=1.1, finish_time=2.0),
+          RequestResult(2, 10, [1] * 6, submit_time=2.0, first_token_time=2.5, finish_time=5.0),
+          RequestResult(3, 10, [], submit_time=2.1)]
+    low, high = segment_metrics(rs, ((1.0, 2), (5.0, 2)))
+    assert low["request_rate"] == 1.0 and low["num_requests"] == 2
+    assert low["mean_e2el_ms"] == pytest.approx(700.0)
+    assert low["output_throughput_tok_s"] == pytest.approx(4.0)  # 8 tokens over 0 .. 2 s
+    assert high["num_requests"] == 1 and high["mean_e2el_ms"] == pytest.approx(3000.0)
 
 
 def test_median_of_runs():
