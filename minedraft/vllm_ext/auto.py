@@ -6,14 +6,19 @@ requests, with the cost model the simulator and the advisor use (minedraft.core.
 `step_rate`, `best_step`), fed by online estimates learnt from this engine's own steps:
 
 - the target's step time without drafts by requests (from steps that only decode: a decode step
-  costs less than a verification of as many tokens), and by tokens otherwise (every other step),
+  costs less than a verification of as many tokens), and by tokens otherwise (steps that also
+  prefill prompts teach nothing: see `OnlineCosts.observe_step`),
 - the drafter's round time by requests and k (from every round),
 - each kind's overhead (step time beyond its modelled parts),
-- the target's pace: its recent steps' time over the time learnt for their size (a median).
-  Both target curves hold times divided by the pace of their moment and are read times the pace
+- the target's pace: its recent steps' time over their size bin's reference time (a median;
+  a bin's reference is the median of its first REFERENCE steps, fixed from then on). Both
+  target curves hold times divided by the pace of their moment and are read times the pace
   now, so a curve whose sizes did not run lately (the verification curve while plain decoding
   runs, and the reverse) follows the machine's speed, which drifts on a shared host; choices
-  not run lately would otherwise be ranked by the speed of a quicker (or slower) moment,
+  not run lately would otherwise be ranked by the speed of a quicker (or slower) moment. The
+  reference is fixed because a pace measured against the times it scaled itself has nothing
+  to hold it: on a machine of constant speed with 12% noise per step it wandered 30-45% from
+  1 within 2500 steps, mis-ranking every choice not running,
 - acceptance per draft position (from every verification with drafts).
 
 Each (kind, k) also carries a calibration per batch-size bin: over its last CAL_WINDOW steps
@@ -24,7 +29,9 @@ prompts, whose cost is the same for every choice), so what the cost model misses
 processes slowing each other, costs that depend on k) is measured, not assumed. The prediction
 is re-read from the model as it is now, and each step's time is scaled by the pace then and
 now: a calibration learnt while the curves were still wrong, or during a slow spell, would
-otherwise outlive the mistake it corrected. A bin where the choice never ran borrows the
+otherwise outlive the mistake it corrected; one not renewed for STALE steps starts afresh
+(a choice predicted far worse is not re-explored, and would never be re-measured). A bin
+where the choice never ran borrows the
 steps of the bins within a factor of 2; beyond them the cost model alone ranks it (the
 misses of batch 4 say nothing of batch 128). Learnt times are medians of recent steps:
 single steps spike (arrivals, garbage collection).
@@ -53,7 +60,9 @@ REEXPLORE_EVERY = 200  # steps between short re-explorations
 REEXPLORE = 2  # steps per choice when re-exploring
 PLAUSIBLE = 0.8  # re-explore only choices predicted at least this fraction of the best
 WINDOW = 9  # measurements per bin (and per overhead) whose median is the estimate
+REFERENCE = 25  # a bin's first measurements, whose median is its reference for the pace
 CAL_WINDOW = 20  # steps per (choice, batch-size bin) in its calibration
+STALE = 2 * REEXPLORE_EVERY  # a calibration not added to for this many steps starts afresh
 MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 
@@ -68,6 +77,8 @@ class OnlineCurve:
     def __init__(self, prior=None):
         self.window: dict[int, collections.deque] = {}  # bin -> (size, ms) of its last steps
         self.bins: dict[int, float] = {}  # bin -> median ms
+        self.reference: dict[int, float] = {}  # bin -> median of its first REFERENCE ms
+        self._first: dict[int, list[float]] = {}  # until then
         self._curve: Curve | None = None  # read on every prediction: built once per change
         self.prior = prior  # callable size -> ms, used until there are observations
 
@@ -83,6 +94,11 @@ class OnlineCurve:
         window.append((x, ms))
         self.bins[b] = statistics.median(t for _, t in window)
         self._curve = None
+        if b not in self.reference:
+            first = self._first.setdefault(b, [])
+            first.append(ms)
+            if len(first) == REFERENCE:
+                self.reference[b] = statistics.median(self._first.pop(b))
 
     def __call__(self, x: float) -> float:
         if not self.bins:
@@ -113,7 +129,7 @@ class OnlineCosts:
                        for k in range(1, k_max + 1)}  # ms by requests drafted, per k
         self.overheads = {kind: (p.overhead_ms(kind) if p else 0.0)
                           for kind in ("none", "sequential", "psd")}
-        self.pace = 1.0  # the target's recent times over the curves' times for their sizes
+        self.pace = 1.0  # the target's recent times over their bins' reference times
         self._paces: collections.deque = collections.deque(maxlen=WINDOW)
         self._excess = {kind: collections.deque(maxlen=WINDOW) for kind in self.overheads}
         # per position i: verifications that reached it (all drafts before it accepted) and
@@ -183,9 +199,9 @@ class OnlineCosts:
             curve, size = self.plain, r.verify
         else:
             curve, size = self.target, tokens
-        learnt = curve.bins.get(OnlineCurve._bin(size))  # against its own bin, as stored
-        if learnt:  # (interpolating at `size` would bias sizes between two bins' keys)
-            self._paces.append(r.verify_ms / learnt)
+        reference = curve.reference.get(OnlineCurve._bin(size))  # its own bin's, as stored
+        if reference:  # (interpolating at `size` would bias sizes between two bins' keys)
+            self._paces.append(r.verify_ms / reference)
             self.pace = statistics.median(self._paces)
         curve.observe(size, r.verify_ms / self.pace)
         if r.kind == "psd":
@@ -215,9 +231,15 @@ class _Steps:
     def __init__(self):
         self.steps: collections.deque = collections.deque(maxlen=CAL_WINDOW)
         self.by_n: dict[int, tuple[int, int, float]] = {}
+        self.last = 0  # the policy's step count at the latest
 
-    def add(self, n: int, output: int, ms: float) -> None:
-        """One more step; the oldest leaves a full window."""
+    def add(self, n: int, output: int, ms: float, step: int) -> None:
+        """One more step (the policy's `step`-th); the oldest leaves a full window, and all
+        leave one whose latest is more than STALE steps old."""
+        if step - self.last > STALE:
+            self.steps.clear()
+            self.by_n.clear()
+        self.last = step
         if len(self.steps) == CAL_WINDOW:
             old = self.steps[0]
             count, out, t = self.by_n.pop(old[0])
@@ -362,4 +384,5 @@ class AutoPolicy:
         output = r.verify + r.accepted_tokens
         measured = min(r.step_ms, SPIKE * output / rate)
         bin_ = (*choice, OnlineCurve._bin(n))
-        self.samples.setdefault(bin_, _Steps()).add(n, output, measured / self.costs.pace)
+        self.samples.setdefault(bin_, _Steps()).add(n, output, measured / self.costs.pace,
+                                                    self.steps)
