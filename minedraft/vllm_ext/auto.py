@@ -31,10 +31,9 @@ is re-read from the model as it is now, and each step's time is scaled by the pa
 now: a calibration learnt while the curves were still wrong, or during a slow spell, would
 otherwise outlive the mistake it corrected; one not renewed for STALE steps starts afresh
 (a choice predicted far worse is not re-explored, and would never be re-measured). A bin
-where the choice never ran borrows the
-steps of the bins within a factor of 2; beyond them the cost model alone ranks it (the
-misses of batch 4 say nothing of batch 128). Learnt times are medians of recent steps:
-single steps spike (arrivals, garbage collection).
+where the choice never ran borrows the steps of the bins within a factor of 2; beyond them
+the cost model alone ranks it (the misses of batch 4 say nothing of batch 128). Learnt times
+are medians of recent steps: single steps spike (arrivals, garbage collection).
 
 A cost profile (`auto_profile`) seeds the estimates; without one the policy explores first
 (every kind and k_max for a few steps each), then re-explores now and then so that estimates
@@ -294,7 +293,7 @@ class AutoPolicy:
     def calibration(self, choice: tuple[str, int], n: int) -> float | None:
         """Measured / predicted output rate of `choice` at `n` requests decoding: over its steps
         in n's batch-size bin (else in the bins within a factor of 2), the time the model
-        predicts now for their output over the time they took at today's pace; None where it
+        predicts now for their output over the time they took at the pace now; None where it
         has not run (see the module docstring)."""
         key = ("cal", *choice, OnlineCurve._bin(n))
         if key not in self._cache:
