@@ -38,10 +38,19 @@ are medians of recent steps: single steps spike (arrivals, garbage collection).
 A cost profile (`auto_profile`) seeds the estimates; without one the policy explores first
 (every kind and k_max for a few steps each), then re-explores now and then so that estimates
 of the choices that could still win (predicted within `PLAUSIBLE` of the best) stay current;
-choices predicted far worse are not paid for again. A switch needs the new choice to be
-predicted at least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one, so
-noise does not make it flap. Seeded sampling under `auto` depends on load (the number of drafts
-per step does), as with vLLM's own dynamic speculation.
+choices predicted far worse are not paid for again. A re-exploration waits at least
+REEXPLORE_EVERY steps, and until its predicted cost is at most EXPLORE_SHARE of the time since
+the last one: its steps' shortfall against the best, plus the drafter's catch-up when it drafts
+(steps without drafts do not send the drafter the tokens they decode, so after a long spell of
+them the first drafting step waits while the drafter takes them in: measured at 176 requests in
+flight, 2 s, as long as four steps, holding up every request in flight). A drafting choice that
+has not run near the current batch size (no calibration there) is not switched to on the cost
+model's word alone: it gets a trial of REEXPLORE steps first, within the same budget (under
+overload every step also prefills prompts, so nothing near the batch size is measured and the
+model extrapolates). A switch needs the new choice to be predicted at least `HYSTERESIS`
+better, and only after `MIN_DWELL` steps on the current one, so noise does not make it flap.
+Seeded sampling under `auto` depends on load (the number of drafts per step does), as with
+vLLM's own dynamic speculation.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ WINDOW = 9  # measurements per bin (and per overhead) whose median is the estima
 REFERENCE = 25  # a bin's first measurements, whose median is its reference for the pace
 CAL_WINDOW = 20  # steps per (choice, batch-size bin) in its calibration
 STALE = 2 * REEXPLORE_EVERY  # a calibration not added to for this many steps starts afresh
+EXPLORE_SHARE = 0.03  # re-explorations may cost at most this share of the time since the last
 MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 
@@ -131,6 +141,7 @@ class OnlineCosts:
         self.pace = 1.0  # the target's recent times over their bins' reference times
         self._paces: collections.deque = collections.deque(maxlen=WINDOW)
         self._excess = {kind: collections.deque(maxlen=WINDOW) for kind in self.overheads}
+        self._intake: collections.deque = collections.deque(maxlen=WINDOW)  # drafter ms/token
         # per position i: verifications that reached it (all drafts before it accepted) and
         # how many of those accepted it; a profile's rates count as one verification
         prior = p.conditional_acceptance(len(p.acceptance_per_position)) if p else []
@@ -177,7 +188,17 @@ class OnlineCosts:
         known = [a / t for a, t in zip(self.accepted, self.trials) if t] or [0.0]
         return [known[min(i, len(known) - 1)] for i in range(k)]
 
+    def intake_ms(self, tokens: int) -> float:
+        """ms the drafter takes to take in `tokens` tokens without drafting: the median ms per
+        token of its recent rounds that only took prompts in (0 before any)."""
+        return tokens * statistics.median(self._intake) if self._intake else 0.0
+
     # learning
+    def observe_intake(self, tokens: int, ms: float) -> None:
+        """A drafter round that only took `tokens` tokens in took `ms`."""
+        if tokens > 0:
+            self._intake.append(ms / tokens)
+
     def observe_round(self, batch: int, k: int, ms: float) -> None:
         """A drafter round of `batch` requests and k tokens took `ms`."""
         if batch and k in self.rounds:
@@ -263,6 +284,9 @@ class AutoPolicy:
         # (kind, k, batch-size bin) -> its last steps, which the calibration compares with the
         # model as it is now
         self.samples: dict[tuple, _Steps] = {}
+        self.explored_at = 0  # the step count at the latest re-exploration
+        self.since_ms = 0.0  # the time steps have taken since then (or since a trial)
+        self.tried: set[tuple] = set()  # (choice, batch-size bin) given a trial
         self._cache: dict[tuple, float | None] = {}  # rates, calibrations: until an observation
         self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, rate
 
@@ -329,26 +353,54 @@ class AutoPolicy:
                 self._cache[key] = 0.0
         return self._cache[key]
 
-    def choose(self, n_decoding: int) -> tuple[str, int]:
-        """(kind, k) for the next step with `n_decoding` requests decoding."""
+    def choose(self, n_decoding: int, backlog=lambda: 0) -> tuple[str, int]:
+        """(kind, k) for the next step with `n_decoding` requests decoding; `backlog()`: the
+        tokens of those requests the drafter has not taken in yet (asked before a
+        re-exploration)."""
         if n_decoding == 0:
             return self.current
         self.steps += 1
-        if self.steps % REEXPLORE_EVERY == 0:  # a few steps of the choices that could win
-            best, floor = self._best(n_decoding), PLAUSIBLE * self.predicted["best"]
-            self.explore = [c for c in self._exploration(REEXPLORE) if c != best
-                            and self.rate(c, n_decoding) >= floor]
-        if self.explore:
-            choice = self.explore.pop(0)
-        else:
+        if not self.explore and self.steps - self.explored_at >= REEXPLORE_EVERY:
+            plan = self._reexploration(n_decoding, backlog())
+            if plan is not None:
+                self.explore, self.explored_at, self.since_ms = plan, self.steps, 0.0
+        if not self.explore:
             best = self._best(n_decoding)
             self.dwell += 1
-            if best != self.current and self.dwell >= MIN_DWELL:
-                if self.predicted["best"] > self.rate(self.current, n_decoding) * (1 + HYSTERESIS):
+            if best != self.current and self.dwell >= MIN_DWELL and \
+                    self.predicted["best"] > self.rate(self.current, n_decoding) * (1 + HYSTERESIS):
+                if not self._untried(best, n_decoding):
                     self.current, self.dwell = best, 0
-            choice = self.current
+                elif self.costs.intake_ms(backlog()) <= EXPLORE_SHARE * self.since_ms:
+                    # never run near this batch size: a short trial first (its calibration
+                    # decides then), within the exploration budget
+                    self.tried.add((best, OnlineCurve._bin(n_decoding)))
+                    self.explore, self.since_ms = [best] * REEXPLORE, 0.0
+        choice = self.explore.pop(0) if self.explore else self.current
         self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding))
         return choice
+
+    def _untried(self, choice: tuple[str, int], n: int) -> bool:
+        """`choice` drafts, has not run near batch size `n` (no calibration) and had no trial
+        there: only the cost model, extrapolated, speaks for it."""
+        return (choice[0] != "none" and self.calibration(choice, n) is None
+                and (choice, OnlineCurve._bin(n)) not in self.tried)
+
+    def _reexploration(self, n: int, backlog: int) -> list[tuple[str, int]] | None:
+        """REEXPLORE steps of each choice that could win (predicted within PLAUSIBLE of the
+        best), or None while they would cost more than EXPLORE_SHARE of the time since the last
+        re-exploration: ms their output takes beyond the best's rate, plus the drafter's catch-up
+        on `backlog` tokens when they draft (see the module docstring)."""
+        best = self._best(n)
+        top = self.predicted["best"]
+        plan = [c for c in self._exploration(REEXPLORE) if c != best
+                and self.rate(c, n) >= PLAUSIBLE * top]
+        if top <= 0 or not plan:
+            return plan
+        cost = sum(n / self.rate(c, n) - n / top for c in plan)
+        if any(kind != "none" for kind, _ in plan):
+            cost += self.costs.intake_ms(backlog)
+        return plan if cost <= EXPLORE_SHARE * self.since_ms else None
 
     def _best(self, n: int) -> tuple[str, int]:
         kind, k, rate = best_step(self.costs, n, self.k_max,
@@ -366,6 +418,10 @@ class AutoPolicy:
         self.costs.observe_round(batch, k, ms)
         self._cache.clear()
 
+    def observe_intake(self, tokens: int, ms: float) -> None:
+        """A drafter round that only took `tokens` tokens in (prompts) took `ms`."""
+        self.costs.observe_intake(tokens, ms)
+
     def observe_step(self, record: StepRecord) -> None:
         """A completed step's record: the costs it shows, and how long its output (verified
         requests + accepted drafts) took against the time predicted when it was chosen.
@@ -374,6 +430,7 @@ class AutoPolicy:
         large and noisy)."""
         self.costs.observe_step(record)  # (the pace now includes this step)
         self._cache.clear()
+        self.since_ms += record.step_ms or 0.0
         pending, self._pending = self._pending, None
         r = record
         if (pending is None or not r.step_ms or not r.verify or pending[2] <= 0

@@ -1,9 +1,10 @@
 """What each step does with drafts: the fixed modes, and `auto`'s choice per step.
 
-A policy answers `choose(n_decoding) -> (kind, k)` before each step (kind: "psd", "sequential"
-or "none", see minedraft.core.subbatch) and is told what happened: the drafts verified
-(`observe_drafts`), each drafter round (`observe_round`) and each completed step
-(`observe_step`).
+A policy answers `choose(n_decoding, backlog) -> (kind, k)` before each step (kind: "psd",
+"sequential" or "none", see minedraft.core.subbatch; `backlog()` counts the tokens of the
+decoding requests the drafter has not taken in) and is told what happened: the drafts verified
+(`observe_drafts`), each drafter round (`observe_round`, or `observe_intake` for a round that
+only took prompts in) and each completed step (`observe_step`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class FixedPolicy:
     def __init__(self, kind: str, k: int):
         self.kind, self.k = kind, k
 
-    def choose(self, n_decoding: int) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=None) -> tuple[str, int]:
         """The same (kind, k) every step."""
         return self.kind, self.k
 
@@ -26,6 +27,9 @@ class FixedPolicy:
 
     def observe_round(self, batch: int, k: int, ms: float) -> None:
         """A drafter round of `batch` requests and `k` tokens took `ms`."""
+
+    def observe_intake(self, tokens: int, ms: float) -> None:
+        """A drafter round that only took `tokens` tokens in took `ms`."""
 
     def observe_step(self, record: StepRecord) -> None:
         """A step is complete (its record final)."""

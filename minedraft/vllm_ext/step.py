@@ -48,6 +48,7 @@ class Round:
     k: int
     record: StepRecord  # the step that sent it (gets draft_ms)
     ingest: bool = False  # it also takes in new prompts
+    tokens: int = 0  # tokens sent (the drafter takes them in before drafting)
     sent_s: float = field(default_factory=time.perf_counter)
 
 
@@ -125,7 +126,8 @@ class PSDSchedulerMixin:
             self.drafts.clear()
         decoding = self._decoding_ids()
         self.batches.rebalance()
-        kind, k = self.policy.choose(len(decoding)) if self.drafter.up else ("none", 0)
+        kind, k = self.policy.choose(len(decoding), lambda: self._backlog(decoding)) \
+            if self.drafter.up else ("none", 0)
         fresh = {rid for rid in decoding if self._fresh(rid)}
         plan = plan_step(self.batches, decoding, fresh, kind)
         if self.pinning is not None:
@@ -171,6 +173,10 @@ class PSDSchedulerMixin:
                 self.batches.join(r.request_id)
             ids.append(r.request_id)
         return ids
+
+    def _backlog(self, rids: list[str]) -> int:
+        """Tokens of `rids` the drafter has not taken in (steps without drafts send none)."""
+        return sum(self.requests[rid].num_tokens - self.sent_len.get(rid, 0) for rid in rids)
 
     def _fresh(self, rid: str) -> bool:
         """Drafts made from the request's current state are waiting for it."""
@@ -228,7 +234,8 @@ class PSDSchedulerMixin:
         except DrafterDown as exc:
             self._drafter_failed(exc)
             return
-        self.round = Round(basis, k, self.record, ingest=bool(ingest))
+        self.round = Round(basis, k, self.record, ingest=bool(ingest),
+                           tokens=sum(len(t.ids) for t in reqs.values()))
         if rids:
             self.record.send_s = self.round.sent_s
 
@@ -249,6 +256,8 @@ class PSDSchedulerMixin:
         rec.drafter_holds = reply.holding
         if not rnd.ingest:  # prompt prefills would pass for drafting cost
             self.policy.observe_round(len(rnd.basis), rnd.k, reply.draft_ms)
+        elif not rnd.basis:
+            self.policy.observe_intake(rnd.tokens, reply.draft_ms)
         for rid in reply.resync:  # the drafter lacks this history: send all of it next time
             self.sent_len.pop(rid, None)
         for rid, ids in reply.drafts.items():

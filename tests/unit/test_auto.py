@@ -15,8 +15,9 @@ from stubs import FakeDrafter, FakeTokenizer, StubRequest, StubScheduler, ar_out
 from minedraft.core.costmodel import best_step, expected_tokens, load_profile, step_rate
 from minedraft.core.messages import vocab_fingerprint
 from minedraft.core.trace import StepRecord, read_trace
-from minedraft.vllm_ext.auto import (HYSTERESIS, MARGIN, MIN_DWELL, PLAUSIBLE, REEXPLORE_EVERY,
-                                     STALE, AutoPolicy, OnlineCosts, OnlineCurve)
+from minedraft.vllm_ext.auto import (EXPLORE_SHARE, HYSTERESIS, MARGIN, MIN_DWELL, PLAUSIBLE,
+                                     REEXPLORE, REEXPLORE_EVERY, STALE, AutoPolicy, OnlineCosts,
+                                     OnlineCurve)
 from minedraft.vllm_ext.step import PSDSchedulerMixin
 
 
@@ -123,15 +124,17 @@ def test_acceptance_learnt_from_verifications():
 
 
 def run_synthetic(policy: AutoPolicy, true, batch: int, steps: int,
-                  accepted=lambda i: i % 2, hidden=lambda kind, k: 0.0) -> list[tuple[str, int]]:
+                  accepted=lambda i: i % 2, hidden=lambda kind, k: 0.0,
+                  backlog=lambda: 0) -> list[tuple[str, int]]:
     """Drive `policy` with the step records of a synthetic engine whose costs are `true` (a
     profile) and whose request i accepts `accepted(i)` drafts; `hidden(kind, k)` ms are added
-    to each step's length and to nothing else. Returns the choices made; `policy.made` gets
-    the output tokens and milliseconds of each step."""
+    to each step's length and to nothing else; `backlog` is what the scheduler would report.
+    Returns the choices made; `policy.made` gets the output tokens and milliseconds of each
+    step."""
     choices = []
     policy.made = []
     for _ in range(steps):
-        kind, k = policy.choose(batch)
+        kind, k = policy.choose(batch, backlog)
         choices.append((kind, k))
         verified = batch // 2 if kind == "psd" else batch  # psd verifies one half per step
         drafts = [(k, min(k, accepted(i))) for i in range(verified)] if kind != "none" else []
@@ -197,7 +200,7 @@ class _Fixed(AutoPolicy):
         super().__init__(3)
         self.choice = choice
 
-    def choose(self, n_decoding):
+    def choose(self, n_decoding, backlog=None):
         return self.choice
 
 
@@ -349,8 +352,8 @@ class _Forced(AutoPolicy):
         super().__init__(3, profile)
         self.choice = choice
 
-    def choose(self, n_decoding):
-        super().choose(n_decoding)
+    def choose(self, n_decoding, backlog=lambda: 0):
+        super().choose(n_decoding, backlog)
         self._pending = (self.choice, n_decoding, self._model_rate(self.choice, n_decoding))
         return self.choice
 
@@ -430,3 +433,49 @@ def test_a_calibration_not_renewed_for_long_starts_afresh():
     policy.steps += STALE + 1
     run_synthetic(policy, FLAT_VERIFY, 4, 1)
     assert policy.calibration(("sequential", 3), 4) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_reexploration_waits_until_it_costs_a_small_share_of_the_time():
+    """Steps without drafts do not send the drafter the tokens they decode, so the first step
+    that drafts after a long spell of them waits while it takes them in (measured at 176
+    requests in flight: 2 s, holding up every request). Here plain decoding is best and
+    drafting close enough to be re-explored: with no backlog a re-exploration comes after
+    REEXPLORE_EVERY steps; with a catch-up of 5 s (10 000 tokens at 0.5 ms) it waits until that
+    is at most EXPLORE_SHARE of the time since the last one, and then does come (a policy
+    that never re-explored would never see the costs change)."""
+    true = profile(verify=lambda t: 20.0 + 0.5 * t, draft=lambda b, k: 8.0 * k)
+    drafting = max(step_rate(true, kind, 8, k) for kind in ("sequential", "psd")
+                   for k in (1, 2, 3))
+    plain = step_rate(true, "none", 8, 0)
+    assert PLAUSIBLE * (1 + MARGIN) < drafting / plain < 1 + MARGIN  # close, not chosen
+
+    def first_drafting_step(backlog, steps):
+        policy = AutoPolicy(3, true)
+        policy.observe_intake(1000, 500.0)
+        choices = run_synthetic(policy, true, batch=8, steps=steps, backlog=lambda: backlog)
+        settled = choices.index(("none", 0))  # (it starts on psd: a profile, no exploration)
+        first = next((i for i, c in enumerate(choices) if c[0] != "none" and i > settled), None)
+        return first, (sum(ms for _, ms in policy.made[:first]) if first else None)
+
+    first, _ = first_drafting_step(0, 2 * REEXPLORE_EVERY)
+    assert first == REEXPLORE_EVERY - 1
+    first, before_ms = first_drafting_step(10_000, 8000)
+    assert first is not None and first > 4 * REEXPLORE_EVERY
+    assert EXPLORE_SHARE * before_ms >= 5000.0
+
+
+def test_drafting_never_run_near_this_batch_size_gets_a_short_trial_within_the_budget():
+    """Under overload every step also prefills prompts (such steps teach nothing), so plain
+    decoding at 171 requests had never been measured and psd k = 1, extrapolated, looked better:
+    auto switched to it for MIN_DWELL steps, the first waiting 0.8 s for the drafter's catch-up,
+    and lost ~3 s with 171 requests in flight (changing-load run, 2026-12-01 17:57). A drafting
+    choice with no calibration near the batch size now gets REEXPLORE steps first, and only once
+    the drafter's catch-up fits the exploration budget."""
+    policy = AutoPolicy(3, FLAT_VERIFY)
+    policy.current, policy.dwell = ("none", 0), MIN_DWELL
+    best = policy._best(4)
+    assert best[0] != "none" and policy.calibration(best, 4) is None
+    policy.observe_intake(1000, 500.0)  # 0.5 ms per token: 5 s for 10 000 tokens
+    assert [policy.choose(4, lambda: 10_000) for _ in range(50)] == [("none", 0)] * 50
+    choices = [policy.choose(4, lambda: 0) for _ in range(REEXPLORE)]
+    assert choices == [best] * REEXPLORE and policy.current == ("none", 0)

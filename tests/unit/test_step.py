@@ -101,7 +101,7 @@ class CyclingPolicy(FixedPolicy):
         self.kinds = ["psd", "psd", "none", "sequential", "psd", "none", "none"]
         self.calls = 0
 
-    def choose(self, n_decoding: int) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=None) -> tuple[str, int]:
         kind = self.kinds[self.calls % len(self.kinds)]
         self.calls += 1
         return kind, 0 if kind == "none" else self.k
@@ -160,6 +160,40 @@ def test_steps_without_drafts_do_not_wait_for_prompts_to_be_taken_in(tmp_path):
     check_drafts_fresh(sched, 3)
     records = read_trace(str(tmp_path / "trace.jsonl"))
     assert all(rec.wait_ms < 200 for rec in records[:6]), [rec.wait_ms for rec in records]
+
+
+class BacklogPolicy(FixedPolicy):
+    """`none` every step, recording the drafter's backlog the scheduler reports."""
+
+    def __init__(self):
+        super().__init__("none", 0)
+        self.backlogs = []
+        self.intake = []
+
+    def choose(self, n_decoding, backlog=None):
+        self.backlogs.append((n_decoding, backlog()))
+        return "none", 0
+
+    def observe_intake(self, tokens, ms):
+        self.intake.append(tokens)
+
+
+def test_the_drafters_backlog_counts_the_tokens_steps_without_drafts_did_not_send(
+        drafter, tmp_path):
+    """`auto` weighs the drafter's catch-up before exploring (minedraft.vllm_ext.auto): the
+    scheduler reports the tokens of the decoding requests the drafter has not taken in. Prompts
+    go to the drafter as they are prefilled, so the backlog is the tokens decoded since (one
+    per request per step without drafts), and rounds that only take prompts in are timed."""
+    sched = make(drafter, tmp_path)
+    sched.policy = policy = BacklogPolicy()
+    ps = prompts(3, seed=5)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=12) for i, p in enumerate(ps)]
+    run(sched, reqs)
+    decoding = [(n, b) for n, b in policy.backlogs if n == 3]
+    assert len(decoding) > 5
+    # each step adds one token to each of the 3 requests the drafter holds up to its prompt
+    assert [b for _, b in decoding][:4] == [3, 6, 9, 12]
+    assert sum(policy.intake) == sum(len(p) for p in ps)  # the prompts, each once
 
 
 def test_drafts_of_an_older_state_are_not_verified(drafter, tmp_path):
