@@ -371,7 +371,7 @@ class AutoPolicy:
                     self.predicted["best"] > self.rate(self.current, n_decoding) * (1 + HYSTERESIS):
                 if not self._untried(best, n_decoding):
                     self.current, self.dwell = best, 0
-                elif self.costs.intake_ms(backlog()) <= EXPLORE_SHARE * self.since_ms:
+                elif self._affordable(self.costs.intake_ms(backlog())):
                     # never run near this batch size: a short trial first (its calibration
                     # decides then), within the exploration budget
                     self.tried.add((best, OnlineCurve._bin(n_decoding)))
@@ -400,7 +400,11 @@ class AutoPolicy:
         cost = sum(n / self.rate(c, n) - n / top for c in plan)
         if any(kind != "none" for kind, _ in plan):
             cost += self.costs.intake_ms(backlog)
-        return plan if cost <= EXPLORE_SHARE * self.since_ms else None
+        return plan if self._affordable(cost) else None
+
+    def _affordable(self, cost_ms: float) -> bool:
+        """Exploring for `cost_ms` more stays within EXPLORE_SHARE of the time since the last."""
+        return cost_ms <= EXPLORE_SHARE * self.since_ms
 
     def _best(self, n: int) -> tuple[str, int]:
         kind, k, rate = best_step(self.costs, n, self.k_max,
