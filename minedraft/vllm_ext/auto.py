@@ -35,8 +35,9 @@ where the choice never ran borrows the steps of the bins within a factor of 2; b
 the cost model alone ranks it (the misses of batch 4 say nothing of batch 128). Learnt times
 are medians of recent steps: single steps spike (arrivals, garbage collection).
 
-A cost profile (`auto_profile`) seeds the estimates; without one the policy explores first
-(every kind and k_max for a few steps each), then re-explores now and then so that estimates
+It starts on plain decoding. A cost profile (`auto_profile`) seeds the estimates; without one
+the policy explores first (every kind and k_max for a few steps each), then re-explores now and
+then so that estimates
 of the choices that could still win (predicted within `PLAUSIBLE` of the best) stay current;
 choices predicted far worse are not paid for again. A re-exploration waits at least
 REEXPLORE_EVERY steps, and until its predicted cost is at most EXPLORE_SHARE of the time since
@@ -47,8 +48,13 @@ flight, 2 s, as long as four steps, holding up every request in flight). A draft
 has not run near the current batch size (no calibration there) is not switched to on the cost
 model's word alone: it gets a trial of REEXPLORE steps first, within the same budget (under
 overload every step also prefills prompts, so nothing near the batch size is measured and the
-model extrapolates). A switch needs the new choice to be predicted at least `HYSTERESIS`
-better, and only after `MIN_DWELL` steps on the current one, so noise does not make it flap.
+model extrapolates). Exploring steps are only those that just decode (a step that also
+prefills prompts teaches nothing), and, all told, they may take at most EXPLORE_SHARE of the
+time beyond what the current choice would have taken (measured): with 160 requests arriving at
+once the exploration ran in 3 s prefill steps and then at 160 decoding, where a step that
+drafts took 1-3 s against 0.45 s without, and cost 17% of the throughput. A switch needs the
+new choice to be predicted at least `HYSTERESIS` better, and only after `MIN_DWELL` steps on
+the current one, so noise does not make it flap.
 Seeded sampling under `auto` depends on load (the number of drafts per step does), as with
 vLLM's own dynamic speculation.
 """
@@ -277,7 +283,8 @@ class AutoPolicy:
         self.k_max = k_max
         self.costs = OnlineCosts(k_max, profile)
         self.explore = [] if profile else self._exploration()
-        self.current: tuple[str, int] = ("psd", k_max)
+        self.current: tuple[str, int] = ("none", 0)  # plain decoding until told otherwise
+        self.settled = False  # the first choice after the exploration (or from a profile)
         self.dwell = 0
         self.steps = 0
         self.predicted: dict[str, float] = {}
@@ -286,6 +293,9 @@ class AutoPolicy:
         self.samples: dict[tuple, _Steps] = {}
         self.explored_at = 0  # the step count at the latest re-exploration
         self.since_ms = 0.0  # the time steps have taken since then (or since a trial)
+        self.elapsed_ms = 0.0  # the time all steps have taken
+        self.explore_spent_ms = 0.0  # measured: what exploring steps took beyond `current`
+        self._exploring = False  # the step chosen last explores
         self.tried: set[tuple] = set()  # (choice, batch-size bin) given a trial
         self._cache: dict[tuple, float | None] = {}  # rates, calibrations: until an observation
         self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, rate
@@ -353,10 +363,11 @@ class AutoPolicy:
                 self._cache[key] = 0.0
         return self._cache[key]
 
-    def choose(self, n_decoding: int, backlog=lambda: 0) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=lambda: 0, prefill: bool = False) -> tuple[str, int]:
         """(kind, k) for the next step with `n_decoding` requests decoding; `backlog()`: the
         tokens of those requests the drafter has not taken in yet (asked before a
-        re-exploration)."""
+        re-exploration); `prefill`: the step will also prefill prompts (it explores nothing:
+        such steps teach nothing, and drafting in them costs more)."""
         if n_decoding == 0:
             return self.current
         self.steps += 1
@@ -364,21 +375,35 @@ class AutoPolicy:
             plan = self._reexploration(n_decoding, backlog())
             if plan is not None:
                 self.explore, self.explored_at, self.since_ms = plan, self.steps, 0.0
-        if not self.explore:
-            best = self._best(n_decoding)
-            self.dwell += 1
-            if best != self.current and self.dwell >= MIN_DWELL and \
-                    self.predicted["best"] > self.rate(self.current, n_decoding) * (1 + HYSTERESIS):
-                if not self._untried(best, n_decoding):
-                    self.current, self.dwell = best, 0
-                elif self._affordable(self.costs.intake_ms(backlog())):
-                    # never run near this batch size: a short trial first (its calibration
-                    # decides then), within the exploration budget
-                    self.tried.add((best, OnlineCurve._bin(n_decoding)))
-                    self.explore, self.since_ms = [best] * REEXPLORE, 0.0
-        choice = self.explore.pop(0) if self.explore else self.current
+        # exploring steps, all told, take at most EXPLORE_SHARE of the time (measured)
+        may_explore = not prefill and self.explore_spent_ms <= EXPLORE_SHARE * self.elapsed_ms
+        if not (self.explore and may_explore):
+            self._switch(n_decoding, backlog)
+        self._exploring = bool(self.explore) and may_explore
+        choice = self.explore.pop(0) if self._exploring else self.current
         self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding))
         return choice
+
+    def _switch(self, n: int, backlog) -> None:
+        """Switch to the best choice when it is predicted HYSTERESIS better and the current one
+        had MIN_DWELL steps; one that never ran near `n` gets a trial first (see the module
+        docstring). The first choice once the initial exploration is over (at once with a
+        profile) is the best, with no hysteresis."""
+        best = self._best(n)
+        self.dwell += 1
+        if not self.settled and not self.explore:  # explored (or a profile): the first choice
+            self.current, self.dwell, self.settled = best, 0, True
+            return
+        if best == self.current or self.dwell < MIN_DWELL or \
+                self.predicted["best"] <= self.rate(self.current, n) * (1 + HYSTERESIS):
+            return
+        if not self._untried(best, n):
+            self.current, self.dwell = best, 0
+        elif not self.explore and self._affordable(self.costs.intake_ms(backlog())):
+            # never run near this batch size: a short trial first (its calibration decides
+            # then), within the exploration budget
+            self.tried.add((best, OnlineCurve._bin(n)))
+            self.explore, self.since_ms = [best] * REEXPLORE, 0.0
 
     def _untried(self, choice: tuple[str, int], n: int) -> bool:
         """`choice` drafts, has not run near batch size `n` (no calibration) and had no trial
@@ -435,6 +460,7 @@ class AutoPolicy:
         self.costs.observe_step(record)  # (the pace now includes this step)
         self._cache.clear()
         self.since_ms += record.step_ms or 0.0
+        self.elapsed_ms += record.step_ms or 0.0
         pending, self._pending = self._pending, None
         r = record
         if (pending is None or not r.step_ms or not r.verify or pending[2] <= 0
@@ -442,6 +468,10 @@ class AutoPolicy:
             return
         choice, n, rate = pending
         output = r.verify + r.accepted_tokens
+        if self._exploring and choice != self.current:  # its cost: the time beyond `current`'s
+            usual = self._model_rate(self.current, n) * (self.calibration(self.current, n) or 1.0)
+            if usual > 0:
+                self.explore_spent_ms += max(0.0, r.step_ms - output / usual)
         measured = min(r.step_ms, SPIKE * output / rate)
         bin_ = (*choice, OnlineCurve._bin(n))
         self.samples.setdefault(bin_, _Steps()).add(n, output, measured / self.costs.pace,

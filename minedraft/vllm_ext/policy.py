@@ -1,10 +1,11 @@
 """What each step does with drafts: the fixed modes, and `auto`'s choice per step.
 
-A policy answers `choose(n_decoding, backlog) -> (kind, k)` before each step (kind: "psd",
-"sequential" or "none", see minedraft.core.subbatch; `backlog()` counts the tokens of the
-decoding requests the drafter has not taken in) and is told what happened: the drafts verified
-(`observe_drafts`), each drafter round (`observe_round`, or `observe_intake` for a round that
-only took prompts in) and each completed step (`observe_step`).
+A policy answers `choose(n_decoding, backlog, prefill) -> (kind, k)` before each step (kind:
+"psd", "sequential" or "none", see minedraft.core.subbatch; `backlog()` counts the tokens of the
+decoding requests the drafter has not taken in; `prefill`: the step also prefills prompts) and
+is told what happened: the drafts verified (`observe_drafts`), each drafter round
+(`observe_round`, or `observe_intake` for a round that only took prompts in) and each completed
+step (`observe_step`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ class FixedPolicy:
     def __init__(self, kind: str, k: int):
         self.kind, self.k = kind, k
 
-    def choose(self, n_decoding: int, backlog=None) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=None, prefill: bool = False) -> tuple[str, int]:
         """The same (kind, k) every step."""
         return self.kind, self.k
 

@@ -126,8 +126,9 @@ class PSDSchedulerMixin:
             self.drafts.clear()
         decoding = self._decoding_ids()
         self.batches.rebalance()
-        kind, k = self.policy.choose(len(decoding), lambda: self._backlog(decoding)) \
-            if self.drafter.up else ("none", 0)
+        prefill = len(self.waiting) > 0 or len(decoding) < len(self.running)
+        kind, k = self.policy.choose(len(decoding), lambda: self._backlog(decoding),
+                                     prefill=prefill) if self.drafter.up else ("none", 0)
         fresh = {rid for rid in decoding if self._fresh(rid)}
         plan = plan_step(self.batches, decoding, fresh, kind)
         if self.pinning is not None:

@@ -101,7 +101,7 @@ class CyclingPolicy(FixedPolicy):
         self.kinds = ["psd", "psd", "none", "sequential", "psd", "none", "none"]
         self.calls = 0
 
-    def choose(self, n_decoding: int, backlog=None) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=None, prefill=False) -> tuple[str, int]:
         kind = self.kinds[self.calls % len(self.kinds)]
         self.calls += 1
         return kind, 0 if kind == "none" else self.k
@@ -168,10 +168,12 @@ class BacklogPolicy(FixedPolicy):
     def __init__(self):
         super().__init__("none", 0)
         self.backlogs = []
+        self.prefills = []
         self.intake = []
 
-    def choose(self, n_decoding, backlog=None):
+    def choose(self, n_decoding, backlog=None, prefill=False):
         self.backlogs.append((n_decoding, backlog()))
+        self.prefills.append(prefill)
         return "none", 0
 
     def observe_intake(self, tokens, ms):
@@ -194,6 +196,24 @@ def test_the_drafters_backlog_counts_the_tokens_steps_without_drafts_did_not_sen
     # each step adds one token to each of the 3 requests the drafter holds up to its prompt
     assert [b for _, b in decoding][:4] == [3, 6, 9, 12]
     assert sum(policy.intake) == sum(len(p) for p in ps)  # the prompts, each once
+
+
+def test_the_policy_is_told_which_steps_also_prefill_prompts(drafter, tmp_path):
+    """`auto` explores only in steps that just decode (minedraft.vllm_ext.auto): the scheduler
+    says `prefill` when a prompt waits or is still being prefilled, and only then."""
+    sched = make(drafter, tmp_path)
+    sched.policy = policy = BacklogPolicy()
+    reqs = [StubRequest(f"r{i}", p, max_tokens=12) for i, p in enumerate(prompts(3, seed=5))]
+    late = StubRequest("late", [1, 2, 3], max_tokens=4)
+
+    def arrive(sched, steps):
+        if steps == 5:
+            sched.add_request(late)
+
+    run(sched, reqs, on_step=arrive)
+    assert policy.prefills[0] is True and policy.prefills[4] is False  # (then: 3 decoding)
+    assert policy.prefills[5] is True  # the late prompt
+    assert policy.prefills[6:].count(True) == 0
 
 
 def test_drafts_of_an_older_state_are_not_verified(drafter, tmp_path):
