@@ -6,7 +6,10 @@ nothing (what every `auto` step at k = 0 is).
     taskset -c 0 .venv/bin/python benchmarks/engine_core_free_k0/sampler_path.py spec
 
 In one process (VLLM_ENABLE_V1_MULTIPROCESSING=0), bundled target, bf16, BS requests (default 4)
-x 128 greedy tokens, 5 repeats after a warm-up; prints each repeat's mean ms per call.
+x TOK greedy tokens (default 128), REP repeats (default 5) after a warm-up; prints each repeat's
+mean ms per call. `spec` runs take the plugin's plain path for steps without drafts
+(minedraft/vllm_ext/plugin.py) since 2026-12-01; vLLM's own path is timed from a checkout
+before that change.
 """
 
 import collections
@@ -53,9 +56,9 @@ def main(mode: str) -> None:
             "model": "minedraft.vllm_ext.proposer.ExternalDraftProposer"}
     llm = LLM(**args)
     prompts = [f"Tell me a story about number {i}." for i in range(int(os.environ.get("BS", 4)))]
-    params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
+    params = SamplingParams(temperature=0, max_tokens=int(os.environ.get("TOK", 128)), ignore_eos=True)
     llm.generate(prompts, params, use_tqdm=False)  # warm-up
-    for _ in range(5):
+    for _ in range(int(os.environ.get("REP", 5))):
         total.clear()
         calls.clear()
         t = time.perf_counter()

@@ -296,7 +296,7 @@ class AutoPolicy:
         self.elapsed_ms = 0.0  # the time all steps have taken
         self.explore_spent_ms = 0.0  # measured: what exploring steps took beyond `current`
         self._exploring = False  # the step chosen last explores
-        self.tried: set[tuple] = set()  # (choice, batch-size bin) given a trial
+        self.tried: dict[tuple, int] = {}  # (choice, batch-size bin) -> step of its last trial
         self._cache: dict[tuple, float | None] = {}  # rates, calibrations: until an observation
         self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, rate
 
@@ -402,14 +402,15 @@ class AutoPolicy:
         elif not self.explore and self._affordable(self.costs.intake_ms(backlog())):
             # never run near this batch size: a short trial first (its calibration decides
             # then), within the exploration budget
-            self.tried.add((best, OnlineCurve._bin(n)))
+            self.tried[(best, OnlineCurve._bin(n))] = self.steps
             self.explore, self.since_ms = [best] * REEXPLORE, 0.0
 
     def _untried(self, choice: tuple[str, int], n: int) -> bool:
         """`choice` drafts, has not run near batch size `n` (no calibration) and had no trial
-        there: only the cost model, extrapolated, speaks for it."""
+        there in the last STALE steps (a trial's calibration is gone by then too): only the
+        cost model, extrapolated, speaks for it."""
         return (choice[0] != "none" and self.calibration(choice, n) is None
-                and (choice, OnlineCurve._bin(n)) not in self.tried)
+                and self.steps - self.tried.get((choice, OnlineCurve._bin(n)), -STALE) >= STALE)
 
     def _reexploration(self, n: int, backlog: int) -> list[tuple[str, int]] | None:
         """REEXPLORE steps of each choice that could win (predicted within PLAUSIBLE of the

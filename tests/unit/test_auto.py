@@ -483,6 +483,10 @@ def test_drafting_never_run_near_this_batch_size_gets_a_short_trial_within_the_b
     assert [policy.choose(4, lambda: 10_000) for _ in range(50)] == [("none", 0)] * 50
     choices = [policy.choose(4, lambda: 0) for _ in range(REEXPLORE)]
     assert choices == [best] * REEXPLORE and policy.current == ("none", 0)
+    # a trial counts as long as a calibration would: after STALE steps, a new trial first
+    assert not policy._untried(best, 4)
+    policy.steps += STALE
+    assert policy._untried(best, 4)
 
 
 def test_the_initial_exploration_costs_a_small_share_of_the_time_and_skips_prefills():
