@@ -59,9 +59,16 @@ def segment_metrics(results: list[RequestResult], schedule) -> list[dict]:
 
 
 def median_of_runs(runs: list[dict]) -> dict:
-    """Per-key median over repeated runs of the same configuration (numbers only)."""
-    out = dict(runs[0])
-    for key, value in runs[0].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = statistics.median(r[key] for r in runs)
+    """Per-key median over repeated runs of the same configuration (numbers only; other values
+    from the first run that has the key). A number some runs lack (acceptance, in an `auto` run
+    that never drafted) is the median of the runs that have it."""
+    out: dict = {}
+    for run in runs:
+        for key, value in run.items():
+            out.setdefault(key, value)
+    for key in out:
+        numbers = [r[key] for r in runs if isinstance(r.get(key), (int, float))
+                   and not isinstance(r.get(key), bool)]
+        if numbers:
+            out[key] = statistics.median(numbers)
     return out

@@ -52,6 +52,15 @@ def test_median_of_runs():
     assert median_of_runs(runs) == {"mode": "ar", "x": 2.0}
 
 
+def test_median_of_runs_where_some_runs_lack_a_number():
+    """An `auto` repeat that never drafted has no acceptance (bench --repeats 2 at 64 in flight
+    failed with a KeyError, 2026-12-01 21:00): it is the median of the runs that have it."""
+    runs = [{"mode": "auto", "x": 1.0}, {"mode": "auto", "x": 3.0, "acceptance_rate": 0.5},
+            {"mode": "auto", "x": 2.0, "acceptance_rate": None}]
+    assert median_of_runs(runs) == {"mode": "auto", "x": 2.0, "acceptance_rate": 0.5}
+    assert median_of_runs(runs[:1]) == {"mode": "auto", "x": 1.0}
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"mode": "fast"}, "unknown mode"),
     ({"num_speculative_tokens": 0}, ">= 1"),
