@@ -50,9 +50,10 @@ model's word alone: it gets a trial of REEXPLORE steps first, within the same bu
 overload every step also prefills prompts, so nothing near the batch size is measured and the
 model extrapolates). Exploring steps are only those that just decode (a step that also
 prefills prompts teaches nothing), and, all told, they may take at most EXPLORE_SHARE of the
-time beyond what the current choice would have taken (measured): with 160 requests arriving at
-once the exploration ran in 3 s prefill steps and then at 160 decoding, where a step that
-drafts took 1-3 s against 0.45 s without, and cost 17% of the throughput. A switch needs the
+time beyond what the current choice would have taken (those so far as measured, the next one
+as predicted): with 160 requests arriving at once the exploration ran in 3 s prefill steps and
+then at 160 decoding, where a step that drafts took 1-3 s against 0.45 s without, and cost 17%
+of the throughput. A switch needs the
 new choice to be predicted at least `HYSTERESIS` better, and only after `MIN_DWELL` steps on
 the current one, so noise does not make it flap.
 Seeded sampling under `auto` depends on load (the number of drafts per step does), as with
@@ -375,11 +376,9 @@ class AutoPolicy:
             plan = self._reexploration(n_decoding, backlog())
             if plan is not None:
                 self.explore, self.explored_at, self.since_ms = plan, self.steps, 0.0
-        # exploring steps, all told, take at most EXPLORE_SHARE of the time (measured)
-        may_explore = not prefill and self.explore_spent_ms <= EXPLORE_SHARE * self.elapsed_ms
-        if not (self.explore and may_explore):
-            self._switch(n_decoding, backlog)
-        self._exploring = bool(self.explore) and may_explore
+        if not self._may_explore(n_decoding, prefill):
+            self._switch(n_decoding, backlog)  # (which may start a trial)
+        self._exploring = self._may_explore(n_decoding, prefill)
         choice = self.explore.pop(0) if self._exploring else self.current
         self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding))
         return choice
@@ -404,6 +403,27 @@ class AutoPolicy:
             # then), within the exploration budget
             self.tried[(best, OnlineCurve._bin(n))] = self.steps
             self.explore, self.since_ms = [best] * REEXPLORE, 0.0
+
+    def _may_explore(self, n: int, prefill: bool) -> bool:
+        """The next exploring step may run now: the step just decodes, and exploring steps,
+        all told, stay within EXPLORE_SHARE of the time (those so far as measured, this one as
+        predicted)."""
+        return bool(self.explore) and not prefill and \
+            self.explore_spent_ms + self._exploring_cost(self.explore[0], n) \
+            <= EXPLORE_SHARE * self.elapsed_ms
+
+    def _usual_rate(self, choice: tuple[str, int], n: int) -> float:
+        """The cost model's rate for `choice` at `n`, times its calibration there (no margin)."""
+        return self._model_rate(choice, n) * (self.calibration(choice, n) or 1.0)
+
+    def _exploring_cost(self, choice: tuple[str, int], n: int) -> float:
+        """Predicted ms a step of `choice` takes beyond what the current choice would take for
+        `n` output tokens (0 while either rate is unknown: a choice never run may cost one
+        step more than the budget)."""
+        new, usual = self._usual_rate(choice, n), self._usual_rate(self.current, n)
+        if choice == self.current or new <= 0 or usual <= 0:
+            return 0.0
+        return max(0.0, n / new - n / usual)
 
     def _untried(self, choice: tuple[str, int], n: int) -> bool:
         """`choice` drafts, has not run near batch size `n` (no calibration) and had no trial
@@ -470,7 +490,7 @@ class AutoPolicy:
         choice, n, rate = pending
         output = r.verify + r.accepted_tokens
         if self._exploring and choice != self.current:  # its cost: the time beyond `current`'s
-            usual = self._model_rate(self.current, n) * (self.calibration(self.current, n) or 1.0)
+            usual = self._usual_rate(self.current, n)
             if usual > 0:
                 self.explore_spent_ms += max(0.0, r.step_ms - output / usual)
         measured = min(r.step_ms, SPIKE * output / rate)
