@@ -51,7 +51,7 @@ overload every step also prefills prompts, so nothing near the batch size is mea
 model extrapolates). Exploring steps are only those that just decode (a step that also
 prefills prompts teaches nothing), and, all told, they may take at most EXPLORE_SHARE of the
 time beyond what the current choice would have taken (those so far as measured, the next one
-as predicted): with 160 requests arriving at once the exploration ran in 3 s prefill steps and
+as predicted, the drafter's catch-up included): with 160 requests arriving at once the exploration ran in 3 s prefill steps and
 then at 160 decoding, where a step that drafts took 1-3 s against 0.45 s without, and cost 17%
 of the throughput. A switch needs the
 new choice to be predicted at least `HYSTERESIS` better, and only after `MIN_DWELL` steps on
@@ -376,9 +376,9 @@ class AutoPolicy:
             plan = self._reexploration(n_decoding, backlog())
             if plan is not None:
                 self.explore, self.explored_at, self.since_ms = plan, self.steps, 0.0
-        if not self._may_explore(n_decoding, prefill):
+        if not self._may_explore(n_decoding, prefill, backlog):
             self._switch(n_decoding, backlog)  # (which may start a trial)
-        self._exploring = self._may_explore(n_decoding, prefill)
+        self._exploring = self._may_explore(n_decoding, prefill, backlog)
         choice = self.explore.pop(0) if self._exploring else self.current
         self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding))
         return choice
@@ -404,13 +404,17 @@ class AutoPolicy:
             self.tried[(best, OnlineCurve._bin(n))] = self.steps
             self.explore, self.since_ms = [best] * REEXPLORE, 0.0
 
-    def _may_explore(self, n: int, prefill: bool) -> bool:
+    def _may_explore(self, n: int, prefill: bool, backlog) -> bool:
         """The next exploring step may run now: the step just decodes, and exploring steps,
         all told, stay within EXPLORE_SHARE of the time (those so far as measured, this one as
-        predicted)."""
-        return bool(self.explore) and not prefill and \
-            self.explore_spent_ms + self._exploring_cost(self.explore[0], n) \
-            <= EXPLORE_SHARE * self.elapsed_ms
+        predicted, with the drafter's catch-up on `backlog()` tokens when it drafts)."""
+        if not self.explore or prefill:
+            return False
+        choice = self.explore[0]
+        cost = self._exploring_cost(choice, n)
+        if choice[0] != "none" and self.current[0] == "none":
+            cost += self.costs.intake_ms(backlog())
+        return self.explore_spent_ms + cost <= EXPLORE_SHARE * self.elapsed_ms
 
     def _usual_rate(self, choice: tuple[str, int], n: int) -> float:
         """The cost model's rate for `choice` at `n`, times its calibration there (no margin)."""
