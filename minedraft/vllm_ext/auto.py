@@ -51,11 +51,11 @@ overload every step also prefills prompts, so nothing near the batch size is mea
 model extrapolates). Exploring steps are only those that just decode (a step that also
 prefills prompts teaches nothing), and, all told, they may take at most EXPLORE_SHARE of the
 time beyond what the current choice would have taken (those so far as measured, the next one
-as predicted, the drafter's catch-up included): with 160 requests arriving at once the exploration ran in 3 s prefill steps and
-then at 160 decoding, where a step that drafts took 1-3 s against 0.45 s without, and cost 17%
-of the throughput. A switch needs the
-new choice to be predicted at least `HYSTERESIS` better, and only after `MIN_DWELL` steps on
-the current one, so noise does not make it flap.
+as predicted, the drafter's catch-up included): with 160 requests arriving at once the
+exploration ran in 3 s prefill steps and then at 160 decoding, where a step that drafts took
+1-3 s against 0.45 s without, and cost 17% of the throughput. A switch needs the new choice to
+be predicted at least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one,
+so noise does not make it flap.
 Seeded sampling under `auto` depends on load (the number of drafts per step does), as with
 vLLM's own dynamic speculation.
 """
