@@ -44,7 +44,10 @@ REEXPLORE_EVERY steps, and until its predicted cost is at most EXPLORE_SHARE of 
 the last one: its steps' shortfall against the best, plus the drafter's catch-up when it drafts
 (steps without drafts do not send the drafter the tokens they decode, so after a long spell of
 them the first drafting step waits while the drafter takes them in: measured at 176 requests in
-flight, 2 s, as long as four steps, holding up every request in flight). A drafting choice that
+flight, 2 s, as long as four steps, holding up every request in flight). Before an exploring
+step that drafts, the drafter takes that backlog in beside the steps that still run without
+drafts (`catch_up`), and the exploring step waits until it has (at most CATCH_UP_STEPS steps:
+a drafter slower to take tokens in than the target is to decode them never catches up). A drafting choice that
 has not run near the current batch size (no calibration there) is not switched to on the cost
 model's word alone: it gets a trial of REEXPLORE steps first, within the same budget (under
 overload every step also prefills prompts, so nothing near the batch size is measured and the
@@ -81,6 +84,7 @@ STALE = 2 * REEXPLORE_EVERY  # a calibration not added to for this many steps st
 EXPLORE_SHARE = 0.03  # re-explorations may cost at most this share of the time since the last
 MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
+CATCH_UP_STEPS = 2 * MIN_DWELL  # steps an exploring step waits for the drafter to catch up
 
 
 class OnlineCurve:
@@ -297,6 +301,7 @@ class AutoPolicy:
         self.elapsed_ms = 0.0  # the time all steps have taken
         self.explore_spent_ms = 0.0  # measured: what exploring steps took beyond `current`
         self._exploring = False  # the step chosen last explores
+        self.waited = 0  # steps an exploring step that drafts has waited for the drafter
         self.tried: dict[tuple, int] = {}  # (choice, batch-size bin) -> step of its last trial
         self._cache: dict[tuple, float | None] = {}  # rates, calibrations: until an observation
         self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, rate
@@ -379,6 +384,7 @@ class AutoPolicy:
         if not self._may_explore(n_decoding, prefill, backlog):
             self._switch(n_decoding, backlog)  # (which may start a trial)
         self._exploring = self._may_explore(n_decoding, prefill, backlog)
+        self.waited = 0 if self._exploring or not self.catch_up() else self.waited + 1
         choice = self.explore.pop(0) if self._exploring else self.current
         self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding))
         return choice
@@ -404,16 +410,27 @@ class AutoPolicy:
             self.tried[(best, OnlineCurve._bin(n))] = self.steps
             self.explore, self.since_ms = [best] * REEXPLORE, 0.0
 
+    def catch_up(self) -> bool:
+        """The next exploring step (or trial) drafts after steps without drafts: the drafter
+        should take their tokens in beforehand, beside the steps that still run without
+        drafts (the exploring step waits until then: its predicted cost counts the backlog)."""
+        return bool(self.explore) and self.explore[0][0] != "none" and self.current[0] == "none"
+
     def _may_explore(self, n: int, prefill: bool, backlog) -> bool:
-        """The next exploring step may run now: the step just decodes, and exploring steps,
-        all told, stay within EXPLORE_SHARE of the time (those so far as measured, this one as
-        predicted, with the drafter's catch-up on `backlog()` tokens when it drafts)."""
+        """The next exploring step may run now: the step just decodes, the drafter's catch-up
+        on `backlog()` tokens (when it drafts after steps without drafts) takes at most a step,
+        and exploring steps, all told, stay within EXPLORE_SHARE of the time (those so far as
+        measured, this one as predicted, its catch-up included)."""
         if not self.explore or prefill:
             return False
         choice = self.explore[0]
         cost = self._exploring_cost(choice, n)
         if choice[0] != "none" and self.current[0] == "none":
-            cost += self.costs.intake_ms(backlog())
+            catch_up = self.costs.intake_ms(backlog())
+            usual = self._usual_rate(self.current, n)
+            if usual > 0 and catch_up > n / usual and self.waited < CATCH_UP_STEPS:
+                return False  # longer than a step: the drafter is still catching up
+            cost += catch_up
         return self.explore_spent_ms + cost <= EXPLORE_SHARE * self.elapsed_ms
 
     def _usual_rate(self, choice: tuple[str, int], n: int) -> float:

@@ -3,9 +3,10 @@
 A policy answers `choose(n_decoding, backlog, prefill) -> (kind, k)` before each step (kind:
 "psd", "sequential" or "none", see minedraft.core.subbatch; `backlog()` counts the tokens of the
 decoding requests the drafter has not taken in; `prefill`: the step also prefills prompts) and
-is told what happened: the drafts verified (`observe_drafts`), each drafter round
-(`observe_round`, or `observe_intake` for a round that only took prompts in) and each completed
-step (`observe_step`).
+`catch_up()` (a drafting step is due after steps without drafts: the drafter should take in
+now, in the background, the tokens those steps decoded), and is told what happened: the drafts
+verified (`observe_drafts`), each drafter round (`observe_round`, or `observe_intake` for a
+round that only took tokens in) and each completed step (`observe_step`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ class FixedPolicy:
     def choose(self, n_decoding: int, backlog=None, prefill: bool = False) -> tuple[str, int]:
         """The same (kind, k) every step."""
         return self.kind, self.k
+
+    def catch_up(self) -> bool:
+        """Never: every step drafts, so the drafter never lags."""
+        return False
 
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
         """(draft tokens, accepted tokens) of each request verified with drafts in a step."""

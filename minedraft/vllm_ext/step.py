@@ -148,6 +148,11 @@ class PSDSchedulerMixin:
         # prefill now are taken in at the same time (so no later round stalls on them).
         new = [r.req_id for r in getattr(out, "scheduled_new_reqs", ())
                if r.req_id in self.requests and self.drafter.up]
+        if kind == "none" and self.drafter.up and self.policy.catch_up():
+            # a drafting step is due (`auto` exploring): the drafter takes in what steps
+            # without drafts decoded now, beside this step, rather than in that step's time
+            new += [rid for rid in decoding if rid not in new
+                    and self.requests[rid].num_tokens > self.sent_len.get(rid, 0)]
         if plan.draft or new:
             self._send_round(plan.draft, k, ingest=new)
         rec.sides = self.batches.sizes()
@@ -176,8 +181,10 @@ class PSDSchedulerMixin:
         return ids
 
     def _backlog(self, rids: list[str]) -> int:
-        """Tokens of `rids` the drafter has not taken in (steps without drafts send none)."""
-        return sum(self.requests[rid].num_tokens - self.sent_len.get(rid, 0) for rid in rids)
+        """Tokens of `rids` the drafter has not taken in (steps without drafts send none),
+        counting those of a round still taking them in (the next drafting round waits for it)."""
+        unsent = sum(self.requests[rid].num_tokens - self.sent_len.get(rid, 0) for rid in rids)
+        return unsent + (self.round.tokens if self._ingesting() else 0)
 
     def _fresh(self, rid: str) -> bool:
         """Drafts made from the request's current state are waiting for it."""

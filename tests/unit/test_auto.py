@@ -15,9 +15,9 @@ from stubs import FakeDrafter, FakeTokenizer, StubRequest, StubScheduler, ar_out
 from minedraft.core.costmodel import best_step, expected_tokens, load_profile, step_rate
 from minedraft.core.messages import vocab_fingerprint
 from minedraft.core.trace import StepRecord, read_trace
-from minedraft.vllm_ext.auto import (EXPLORE_SHARE, HYSTERESIS, MARGIN, MIN_DWELL, PLAUSIBLE,
-                                     REEXPLORE, REEXPLORE_EVERY, STALE, AutoPolicy, OnlineCosts,
-                                     OnlineCurve)
+from minedraft.vllm_ext.auto import (CATCH_UP_STEPS, EXPLORE_SHARE, HYSTERESIS, MARGIN,
+                                     MIN_DWELL, PLAUSIBLE, REEXPLORE, REEXPLORE_EVERY, STALE,
+                                     AutoPolicy, OnlineCosts, OnlineCurve)
 from minedraft.vllm_ext import auto
 from minedraft.vllm_ext.step import PSDSchedulerMixin
 
@@ -531,4 +531,36 @@ def test_an_exploring_step_predicted_to_overrun_the_budget_waits():
     policy.observe_intake(1000, 500.0)  # 0.5 ms per token
     assert policy.choose(8, lambda: 1000) == ("none", 0) and policy.explore
     policy.elapsed_ms = (cost + 500.0) / EXPLORE_SHARE
-    assert policy.choose(8, lambda: 1000) == ("sequential", 3)
+    # within the budget, but a catch-up longer than a step is taken in beside the steps
+    # without drafts first (`catch_up`, sent by the scheduler): the exploring step waits
+    assert policy.choose(8, lambda: 1000) == ("none", 0) and policy.catch_up()
+    step_tokens = 8 / policy._usual_rate(("none", 0), 8) / 0.5  # a step's worth of catch-up
+    assert policy.choose(8, lambda: int(step_tokens) + 2) == ("none", 0)
+    assert policy.choose(8, lambda: int(step_tokens) - 2) == ("sequential", 3)
+    assert not policy.catch_up()
+
+
+def test_a_drafter_that_never_catches_up_delays_the_exploration_a_few_steps_only():
+    """A drafter slower to take tokens in than the target decodes them never catches up: after
+    CATCH_UP_STEPS steps the exploring step runs, its catch-up counted in the budget."""
+    policy = AutoPolicy(3, COSTLY_VERIFY)
+    policy.current, policy.settled = ("none", 0), True
+    policy.observe_intake(1000, 500.0)
+    policy.explore, policy.elapsed_ms = [("psd", 3)], 1e9
+    choices = [policy.choose(8, lambda: 1000) for _ in range(CATCH_UP_STEPS + 1)]
+    assert choices == [("none", 0)] * CATCH_UP_STEPS + [("psd", 3)]
+
+
+def test_the_drafter_catches_up_only_before_a_drafting_step_that_follows_plain_ones():
+    """`catch_up` asks the scheduler to send the drafter what steps without drafts decoded only
+    when the next exploring step drafts and the current choice does not (otherwise the drafter
+    is kept current by drafting, or not needed)."""
+    policy = AutoPolicy(3, COSTLY_VERIFY)
+    policy.current, policy.settled = ("none", 0), True
+    assert not policy.catch_up()  # nothing to explore
+    policy.explore = [("none", 0), ("psd", 3)]
+    assert not policy.catch_up()  # the next exploring step does not draft
+    policy.explore = [("psd", 3)]
+    assert policy.catch_up()
+    policy.current = ("sequential", 1)
+    assert not policy.catch_up()  # drafting keeps the drafter current

@@ -190,12 +190,51 @@ def test_the_drafters_backlog_counts_the_tokens_steps_without_drafts_did_not_sen
     sched.policy = policy = BacklogPolicy()
     ps = prompts(3, seed=5)
     reqs = [StubRequest(f"r{i}", p, max_tokens=12) for i, p in enumerate(ps)]
-    run(sched, reqs)
+    run(sched, reqs, on_step=lambda *_: time.sleep(0.05))  # (rounds answered: none in flight)
     decoding = [(n, b) for n, b in policy.backlogs if n == 3]
     assert len(decoding) > 5
     # each step adds one token to each of the 3 requests the drafter holds up to its prompt
     assert [b for _, b in decoding][:4] == [3, 6, 9, 12]
     assert sum(policy.intake) == sum(len(p) for p in ps)  # the prompts, each once
+
+
+class CatchUpPolicy(BacklogPolicy):
+    """`none` every step, asking the drafter to catch up from the 5th on."""
+
+    def catch_up(self):
+        return len(self.backlogs) >= 5
+
+
+def test_a_drafter_asked_to_catch_up_takes_in_what_steps_without_drafts_decoded(
+        drafter, tmp_path):
+    """When `auto` is about to draft after steps without drafts (`catch_up()`), those steps
+    send the drafter the tokens they decoded, so the backlog stays within a step's tokens and
+    the drafting step does not wait for it; until then they send none."""
+    sched = make(drafter, tmp_path)
+    sched.policy = policy = CatchUpPolicy()
+    ps = prompts(3, seed=5)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=12) for i, p in enumerate(ps)]
+    run(sched, reqs, on_step=lambda *_: time.sleep(0.05))  # (each round answered in a step)
+    backlogs = [b for n, b in policy.backlogs if n == 3]
+    assert backlogs[:4] == [3, 6, 9, 12]  # (as without catching up)
+    assert max(backlogs[5:]) <= 3, backlogs  # taken in at each step since
+    assert sum(policy.intake) > sum(len(p) for p in ps)  # prompts and decoded tokens
+    for r, p in zip(reqs, ps):
+        assert r.output_token_ids == ar_output(p, r.max_tokens)
+
+
+def test_the_backlog_counts_tokens_the_drafter_is_still_taking_in(tmp_path):
+    """A drafting step would wait for a round still taking tokens in: they count as backlog."""
+    slow = FakeDrafter()
+    slow.backend.__class__ = SlowIngestBackend  # 0.4 s per round that takes tokens in
+    try:
+        sched = make(slow, tmp_path)
+        sched.policy = policy = BacklogPolicy()
+        ps = prompts(3, seed=5)
+        run(sched, [StubRequest(f"r{i}", p, max_tokens=4) for i, p in enumerate(ps)])
+    finally:
+        slow.stop()
+    assert policy.backlogs[1] == (3, 3 + sum(len(p) for p in ps))  # the prompts, in flight
 
 
 def test_the_policy_is_told_which_steps_also_prefill_prompts(drafter, tmp_path):
