@@ -554,13 +554,16 @@ def test_a_drafter_that_never_catches_up_delays_the_exploration_a_few_steps_only
 def test_the_drafter_catches_up_only_before_a_drafting_step_that_follows_plain_ones():
     """`catch_up` asks the scheduler to send the drafter what steps without drafts decoded only
     when the next exploring step drafts and the current choice does not (otherwise the drafter
-    is kept current by drafting, or not needed)."""
+    is kept current by drafting, or not needed), and only once the budget allows that step
+    (steps beside a drafter taking tokens in are slower)."""
     policy = AutoPolicy(3, COSTLY_VERIFY)
     policy.current, policy.settled = ("none", 0), True
-    assert not policy.catch_up()  # nothing to explore
+    assert policy.choose(8) == ("none", 0) and not policy.catch_up()  # nothing to explore
     policy.explore = [("none", 0), ("psd", 3)]
     assert not policy.catch_up()  # the next exploring step does not draft
     policy.explore = [("psd", 3)]
+    assert not policy.catch_up()  # the budget does not allow it yet
+    policy.elapsed_ms = policy._exploring_cost(("psd", 3), 8) / EXPLORE_SHARE
     assert policy.catch_up()
     policy.current = ("sequential", 1)
     assert not policy.catch_up()  # drafting keeps the drafter current
