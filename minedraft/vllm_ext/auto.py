@@ -37,28 +37,28 @@ are medians of recent steps: single steps spike (arrivals, garbage collection).
 
 It starts on plain decoding. A cost profile (`auto_profile`) seeds the estimates; without one
 the policy explores first (every kind and k_max for a few steps each), then re-explores now and
-then so that estimates
-of the choices that could still win (predicted within `PLAUSIBLE` of the best) stay current;
-choices predicted far worse are not paid for again. A re-exploration waits at least
-REEXPLORE_EVERY steps, and until its predicted cost is at most EXPLORE_SHARE of the time since
-the last one: its steps' shortfall against the best, plus the drafter's catch-up when it drafts
-(steps without drafts do not send the drafter the tokens they decode, so after a long spell of
-them the first drafting step waits while the drafter takes them in: measured at 176 requests in
-flight, 2 s, as long as four steps, holding up every request in flight). Before an exploring
-step that drafts, the drafter takes that backlog in beside the steps that still run without
-drafts (`catch_up`), and the exploring step waits until it has (at most CATCH_UP_STEPS steps:
-a drafter slower to take tokens in than the target is to decode them never catches up). A drafting choice that
-has not run near the current batch size (no calibration there) is not switched to on the cost
-model's word alone: it gets a trial of REEXPLORE steps first, within the same budget (under
-overload every step also prefills prompts, so nothing near the batch size is measured and the
-model extrapolates). Exploring steps are only those that just decode (a step that also
-prefills prompts teaches nothing), and, all told, they may take at most EXPLORE_SHARE of the
-time beyond what the current choice would have taken (those so far as measured, the next one
-as predicted, the drafter's catch-up included): with 160 requests arriving at once the
-exploration ran in 3 s prefill steps and then at 160 decoding, where a step that drafts took
-1-3 s against 0.45 s without, and cost 17% of the throughput. A switch needs the new choice to
-be predicted at least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one,
-so noise does not make it flap.
+then so that estimates of the choices that could still win (predicted within `PLAUSIBLE` of the
+best) stay current; choices predicted far worse are not paid for again (nor further in the
+initial exploration, once REEXPLORE of their steps are measured). A re-exploration waits at
+least REEXPLORE_EVERY steps, and until its predicted cost is at most EXPLORE_SHARE of the time
+since the last one: its steps' shortfall against the best, plus the drafter's catch-up when it
+drafts (steps without drafts do not send the drafter the tokens they decode, so after a long
+spell of them the first drafting step waits while the drafter takes them in: measured at 176
+requests in flight, 2 s, as long as four steps, holding up every request in flight). Before an
+exploring step that drafts, the drafter takes that backlog in beside the steps that still run
+without drafts (`catch_up`), and the exploring step waits until it has (at most CATCH_UP_STEPS
+steps: a drafter slower to take tokens in than the target is to decode them never catches up).
+A drafting choice that has not run near the current batch size (no calibration there) is not
+switched to on the cost model's word alone: it gets a trial of REEXPLORE steps first, within
+the same budget (under overload every step also prefills prompts, so nothing near the batch
+size is measured and the model extrapolates). Exploring steps are only those that just decode
+(a step that also prefills prompts teaches nothing), and, all told, they may take at most
+EXPLORE_SHARE of the time beyond what the current choice would have taken (those so far as
+measured, the next one as predicted): with 160 requests arriving at once the exploration ran
+in 3 s prefill steps and then at 160 decoding, where a step that drafts took 1-3 s against
+0.45 s without, and cost 17% of the throughput. A switch needs the new choice to be predicted at
+least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one, so noise does
+not make it flap.
 Seeded sampling under `auto` depends on load (the number of drafts per step does), as with
 vLLM's own dynamic speculation.
 """
@@ -383,6 +383,7 @@ class AutoPolicy:
             if plan is not None:
                 self.explore, self.explored_at, self.since_ms = plan, self.steps, 0.0
         self._n = n_decoding
+        self._prune(n_decoding)
         if not self._may_explore(n_decoding, prefill, backlog):
             self._switch(n_decoding, backlog)  # (which may start a trial)
         self._exploring = self._may_explore(n_decoding, prefill, backlog)
@@ -412,6 +413,22 @@ class AutoPolicy:
             self.tried[(best, OnlineCurve._bin(n))] = self.steps
             self.explore, self.since_ms = [best] * REEXPLORE, 0.0
 
+    def _prune(self, n: int) -> None:
+        """Drop the exploring steps left of the next choice once REEXPLORE of its steps near
+        `n` are measured and it is ranked below PLAUSIBLE of the best, as a re-exploration
+        would not plan it (at 64 in flight the initial exploration's 24 steps that draft,
+        0.3-0.7 s beyond a 0.2 s step each, would otherwise run to the end, within the budget
+        but all of it)."""
+        while self.explore and self.explore[0][0] != "none":
+            head = self.explore[0]
+            measured = self.samples.get((*head, OnlineCurve._bin(n)))
+            if measured is None or len(measured.steps) < REEXPLORE:
+                return
+            self._best(n)
+            if self.rate(head, n) >= PLAUSIBLE * self.predicted["best"]:
+                return
+            self.explore = [c for c in self.explore if c != head]
+
     def catch_up(self) -> bool:
         """The next exploring step (or trial) drafts after steps without drafts, and the budget
         allows it now: the drafter should take their tokens in beforehand, beside the steps that
@@ -425,9 +442,10 @@ class AutoPolicy:
 
     def _may_explore(self, n: int, prefill: bool, backlog) -> bool:
         """The next exploring step may run now: the step just decodes, the drafter's catch-up
-        on `backlog()` tokens (when it drafts after steps without drafts) takes at most a step,
-        and exploring steps, all told, stay within EXPLORE_SHARE of the time (those so far as
-        measured, this one as predicted, its catch-up included)."""
+        on `backlog()` tokens (when it drafts after steps without drafts) takes at most a step
+        (or it waited CATCH_UP_STEPS steps for it, and the catch-up counts in its cost), and
+        exploring steps, all told, stay within EXPLORE_SHARE of the time (those so far as
+        measured, this one as predicted)."""
         if not self.explore or prefill:
             return False
         choice = self.explore[0]
@@ -435,9 +453,10 @@ class AutoPolicy:
         if choice[0] != "none" and self.current[0] == "none":
             catch_up = self.costs.intake_ms(backlog())
             usual = self._usual_rate(self.current, n)
-            if usual > 0 and catch_up > n / usual and self.waited < CATCH_UP_STEPS:
-                return False  # longer than a step: the drafter is still catching up
-            cost += catch_up
+            if usual > 0 and catch_up > n / usual:  # the drafter is still catching up
+                if self.waited < CATCH_UP_STEPS:
+                    return False
+                cost += catch_up  # (it never will: the step waits for it)
         return self.explore_spent_ms + cost <= EXPLORE_SHARE * self.elapsed_ms
 
     def _usual_rate(self, choice: tuple[str, int], n: int) -> float:
