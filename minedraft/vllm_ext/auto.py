@@ -291,6 +291,7 @@ class AutoPolicy:
         self.current: tuple[str, int] = ("none", 0)  # plain decoding until told otherwise
         self.settled = False  # the first choice after the exploration (or from a profile)
         self.dwell = 0
+        self.dwell_bin: int | None = None  # the batch-size bin the current choice was made for
         self.steps = 0
         self.predicted: dict[str, float] = {}
         # (kind, k, batch-size bin) -> its last steps, which the calibration compares with the
@@ -389,24 +390,30 @@ class AutoPolicy:
         self._exploring = self._may_explore(n_decoding, prefill, backlog)
         self.waited = 0 if self._exploring or not self.catch_up() else self.waited + 1
         choice = self.explore.pop(0) if self._exploring else self.current
+        if choice[0] == "psd" and n_decoding < 2:  # what runs (see `_best`), and is measured
+            choice = ("sequential", choice[1])
         self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding))
         return choice
 
     def _switch(self, n: int, backlog) -> None:
         """Switch to the best choice when it is predicted HYSTERESIS better and the current one
-        had MIN_DWELL steps; one that never ran near `n` gets a trial first (see the module
-        docstring). The first choice once the initial exploration is over (at once with a
-        profile) is the best, with no hysteresis."""
+        had MIN_DWELL steps or was chosen for another batch-size bin (the dwell is against
+        noise, not against the batch changing: at 2 in flight, a choice made while one request
+        decoded held both for MIN_DWELL steps each time a request was replaced); one that never
+        ran near `n` gets a trial first (see the module docstring). The first choice once the
+        initial exploration is over (at once with a profile) is the best, with no hysteresis."""
         best = self._best(n)
         self.dwell += 1
         if not self.settled and not self.explore:  # explored (or a profile): the first choice
             self.current, self.dwell, self.settled = best, 0, True
+            self.dwell_bin = OnlineCurve._bin(n)
             return
-        if best == self.current or self.dwell < MIN_DWELL or \
+        settling = self.dwell < MIN_DWELL and OnlineCurve._bin(n) == self.dwell_bin
+        if best == self.current or settling or \
                 self.predicted["best"] <= self.rate(self.current, n) * (1 + HYSTERESIS):
             return
         if not self._untried(best, n):
-            self.current, self.dwell = best, 0
+            self.current, self.dwell, self.dwell_bin = best, 0, OnlineCurve._bin(n)
         elif not self.explore and self._affordable(self.costs.intake_ms(backlog())):
             # never run near this batch size: a short trial first (its calibration decides
             # then), within the exploration budget
@@ -500,7 +507,12 @@ class AutoPolicy:
         return cost_ms <= EXPLORE_SHARE * self.since_ms
 
     def _best(self, n: int) -> tuple[str, int]:
-        kind, k, rate = best_step(self.costs, n, self.k_max,
+        # one request has no second sub-batch: psd runs it as sequential (minedraft.core.
+        # subbatch), so it is not a choice of its own there (at 2 in flight, psd k = 3 was
+        # chosen whenever one request decoded while its successor prefilled, and then kept
+        # MIN_DWELL steps at 2 decoding, where it is the worst choice: 0.90x sd-ext)
+        kinds = ("none", "sequential", "psd") if n >= 2 else ("none", "sequential")
+        kind, k, rate = best_step(self.costs, n, self.k_max, kinds=kinds,
                                   rate=lambda kind, b, k: self.rate((kind, k), b))
         self.predicted["best"] = rate
         return kind, k

@@ -16,9 +16,9 @@ from stubs import FakeDrafter, FakeTokenizer, StubRequest, StubScheduler, ar_out
 from minedraft.core.costmodel import best_step, expected_tokens, load_profile, step_rate
 from minedraft.core.messages import vocab_fingerprint
 from minedraft.core.trace import StepRecord, read_trace
-from minedraft.vllm_ext.auto import (CATCH_UP_STEPS, EXPLORE, EXPLORE_SHARE, HYSTERESIS, MARGIN,
-                                     MIN_DWELL, PLAUSIBLE, REEXPLORE, REEXPLORE_EVERY, STALE,
-                                     AutoPolicy, OnlineCosts, OnlineCurve)
+from minedraft.vllm_ext.auto import (CAL_WINDOW, CATCH_UP_STEPS, EXPLORE, EXPLORE_SHARE,
+                                     HYSTERESIS, MARGIN, MIN_DWELL, PLAUSIBLE, REEXPLORE,
+                                     REEXPLORE_EVERY, STALE, AutoPolicy, OnlineCosts, OnlineCurve)
 from minedraft.vllm_ext import auto
 from minedraft.vllm_ext.step import PSDSchedulerMixin
 
@@ -571,3 +571,35 @@ def test_the_drafter_catches_up_only_before_a_drafting_step_that_follows_plain_o
     assert policy.catch_up()
     policy.current = ("sequential", 1)
     assert not policy.catch_up()  # drafting keeps the drafter current
+
+
+def test_psd_is_never_chosen_nor_measured_for_a_single_request():
+    """With one request decoding psd has no second sub-batch and runs as sequential: a psd
+    calibration at one request (however good) does not make it the choice there, and a psd
+    choice kept from a larger batch is measured as the sequential step it runs as."""
+    policy = AutoPolicy(3, PSD_PREMISE)
+    policy.current, policy.settled = ("psd", 3), True
+    for step in range(CAL_WINDOW):  # psd looked 10x faster than predicted at one request
+        policy.samples.setdefault(("psd", 3, 1), auto._Steps()).add(1, 4, 0.1, step)
+    assert policy._best(1)[0] != "psd"
+    assert policy._best(8)[0] == "psd"  # (the premise: psd pays with 8 decoding)
+    policy.dwell = 0  # (no switch yet)
+    assert policy.choose(1) == ("sequential", 3)
+    policy.observe_step(StepRecord(kind="sequential", k=3, verify=1, tokens=4, drafted_tokens=3,
+                                   accepted_tokens=2, verify_ms=30.0, draft_ms=10.0,
+                                   step_ms=41.0))
+    assert ("sequential", 3, 1) in policy.samples
+
+
+def test_a_choice_made_for_another_batch_size_is_not_held_for_the_dwell():
+    """MIN_DWELL holds a choice against noise at one batch size; when the batch moves to
+    another bin the best choice there is taken at once (hysteresis still applies)."""
+    policy = AutoPolicy(3, PSD_PREMISE)
+    policy.current, policy.settled, policy.dwell_bin = ("none", 0), True, 1
+    policy.dwell = MIN_DWELL
+    policy._untried = lambda choice, n: False  # (no trials: their subject is elsewhere)
+    first = policy.choose(1)
+    assert first != ("none", 0) and policy.dwell == 0  # switched for one request
+    assert policy.choose(1) == first  # (the same bin: held)
+    best8 = policy._best(8)
+    assert best8 != first and policy.choose(8) == best8  # another bin: at once
