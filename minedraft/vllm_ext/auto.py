@@ -57,8 +57,8 @@ EXPLORE_SHARE of the time beyond what the current choice would have taken (those
 measured, the next one as predicted): with 160 requests arriving at once the exploration ran
 in 3 s prefill steps and then at 160 decoding, where a step that drafts took 1-3 s against
 0.45 s without, and cost 17% of the throughput. A switch needs the new choice to be predicted at
-least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one, so noise does
-not make it flap.
+least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one when that was
+chosen for the same batch-size bin, so noise does not make it flap.
 Seeded sampling under `auto` depends on load (the number of drafts per step does), as with
 vLLM's own dynamic speculation.
 """
@@ -424,7 +424,7 @@ class AutoPolicy:
         """Drop the exploring steps left of the next choice once REEXPLORE of its steps near
         `n` are measured and it is ranked below PLAUSIBLE of the best, as a re-exploration
         would not plan it (at 64 in flight the initial exploration's 24 steps that draft,
-        0.3-0.7 s beyond a 0.2 s step each, would otherwise run to the end, within the budget
+        0.3-1.0 s beyond a 0.2 s step each, would otherwise run to the end, within the budget
         but all of it)."""
         while self.explore and self.explore[0][0] != "none":
             head = self.explore[0]
