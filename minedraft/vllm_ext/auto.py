@@ -444,8 +444,7 @@ class AutoPolicy:
         a catch-up round in every step)."""
         if not self.explore or self.explore[0][0] == "none" or self.current[0] != "none":
             return False
-        cost = self._exploring_cost(self.explore[0], self._n)
-        return self.explore_spent_ms + cost <= EXPLORE_SHARE * self.elapsed_ms
+        return self._within_share(self._exploring_cost(self.explore[0], self._n))
 
     def _may_explore(self, n: int, prefill: bool, backlog) -> bool:
         """The next exploring step may run now: the step just decodes, the drafter's catch-up
@@ -464,7 +463,12 @@ class AutoPolicy:
                 if self.waited < CATCH_UP_STEPS:
                     return False
                 cost += catch_up  # (it never will: the step waits for it)
-        return self.explore_spent_ms + cost <= EXPLORE_SHARE * self.elapsed_ms
+        return self._within_share(cost)
+
+    def _within_share(self, cost_ms: float) -> bool:
+        """Exploring steps, those so far (measured) and one more costing `cost_ms`
+        (predicted), stay within EXPLORE_SHARE of all the time steps have taken."""
+        return self.explore_spent_ms + cost_ms <= EXPLORE_SHARE * self.elapsed_ms
 
     def _usual_rate(self, choice: tuple[str, int], n: int) -> float:
         """The cost model's rate for `choice` at `n`, times its calibration there (no margin)."""
