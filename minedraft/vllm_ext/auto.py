@@ -82,7 +82,7 @@ REFERENCE = 25  # a bin's first measurements, whose median is its reference for 
 CAL_WINDOW = 20  # steps per (choice, batch-size bin) in its calibration
 STALE = 2 * REEXPLORE_EVERY  # a calibration not added to for this many steps starts afresh
 EXPLORE_SHARE = 0.03  # re-explorations may cost at most this share of the time since the last
-MARGIN = 0.1  # drafting not yet run near the batch size must be predicted this much faster
+MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 CATCH_UP_STEPS = 2 * MIN_DWELL  # steps an exploring step waits for the drafter to catch up
 
@@ -353,17 +353,14 @@ class AutoPolicy:
     def rate(self, choice: tuple[str, int], n: int) -> float:
         """Output tokens per ms that `choice` is ranked by, for `n` decoding requests: the cost
         model's `step_rate`, times the choice's calibration at this batch size (1 where it has
-        not run near it), over 1 + MARGIN for choices that draft and have not run near it.
-        The margin is there because what the model misses mostly favours drafting: measured
-        on 2 CPU cores, steps that draft look 5-15% better than whole runs of them turn out
+        not run near it), over 1 + MARGIN for choices that draft. The margin is there
+        because what the model misses mostly favours drafting: measured on 2 CPU cores,
+        steps that draft look 5-15% better than whole runs of them turn out
         (benchmarks/psd_efficiency), as the drafter's prompt prefills and the frontend share
-        its core. A calibration measures what the model missed, so a choice that has run near
-        `n` is ranked by it alone: with the margin on top, at 1 request in flight, where
-        drafting gains ~1.09x, a switch to it asked 1.155x (with HYSTERESIS) and auto sat on
-        plain decoding for half its steps (benchmarks/auto_low_high/final)."""
-        cal = self.calibration(choice, n)
-        margin = 1.0 if choice[0] == "none" or cal is not None else 1.0 + MARGIN
-        return self._model_rate(choice, n) * (cal or 1.0) / margin
+        its core."""
+        cal = self.calibration(choice, n) or 1.0
+        margin = 1.0 if choice[0] == "none" else 1.0 + MARGIN
+        return self._model_rate(choice, n) * cal / margin
 
     def _model_rate(self, choice: tuple[str, int], n: int) -> float:
         key = ("rate", *choice, n)

@@ -603,26 +603,3 @@ def test_a_choice_made_for_another_batch_size_is_not_held_for_the_dwell():
     assert policy.choose(1) == first  # (the same bin: held)
     best8 = policy._best(8)
     assert best8 != first and policy.choose(8) == best8  # another bin: at once
-
-
-def test_a_drafting_choice_measured_a_few_percent_faster_is_chosen():
-    """MARGIN guards drafting choices that only the cost model ranks (what it misses mostly
-    favours drafting); once a choice has run near the batch size its calibration measures what
-    the model missed, so the margin no longer applies there and a choice measured more than
-    HYSTERESIS (not MARGIN + HYSTERESIS) faster is taken. Measured at 1 request in flight:
-    drafting gains ~1.09x, and auto, asking 1.155x, sat on plain decoding for 634 of 1185
-    steps at one request (benchmarks/auto_low_high/final, part 1)."""
-    acc = lambda i: 1  # noqa: E731
-    true = profile(verify=lambda t: 20.0 + 100.0 * t, draft=lambda b, k: 1.2 * k)
-    rates = {}
-    for choice in [("none", 0)] + [("sequential", k) for k in (1, 2, 3)]:
-        fixed = _Fixed(choice)
-        run_synthetic(fixed, true, 1, 100, accepted=acc)
-        rates[choice] = _measured_rate(fixed, 100)
-    best = max(rates, key=rates.get)
-    gain = rates[best] / rates[("none", 0)]
-    assert 1 + HYSTERESIS < gain * 0.98 and gain < 1 + MARGIN  # between the two thresholds
-    policy = AutoPolicy(3)
-    choices = run_synthetic(policy, true, 1, 600, accepted=acc)
-    assert sum(c[0] != "none" for c in choices[-200:]) >= 180
-    assert _measured_rate(policy, 200) >= 0.97 * rates[best]
