@@ -29,12 +29,12 @@ requests, with the cost model the simulator and the advisor use (minedraft.core.
   into the next requests (benchmarks/auto_fixed_load/no_draft_rpc).
 
 Each (kind, k) also carries a calibration per batch-size bin: over its last CAL_WINDOW steps
-in that bin, the time the cost model predicts now for their expected output over the time they
-took (a ratio of sums, so a slow step weighs by its length, as in a whole run; expected output
-at the acceptance predicted now, not the output they made, so the acceptance of the requests
-that ran then is not carried over to those that run now: it has estimates of its own, above;
-every step of the choice counts, catch-ups and waits for the drafter included, except steps
-that also prefill prompts, whose cost is the same for every choice), so what the cost model misses (the two
+in that bin, the time the cost model predicts now for such steps over the time they took
+(a ratio of sums, so a slow step weighs by its length, as in a whole run; of time, not of
+output, so the acceptance of the requests that ran then is not carried over to those that run
+now: acceptance has estimates of its own, above; every step of the
+choice counts, catch-ups and waits for the drafter included, except steps that also prefill
+prompts, whose cost is the same for every choice), so what the cost model misses (the two
 processes slowing each other, costs that depend on k) is measured, not assumed. The prediction
 is re-read from the model as it is now, and each step's time is scaled by the pace then and
 now: a calibration learnt while the curves were still wrong, or during a slow spell, would
