@@ -145,8 +145,7 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
             if rid not in batches.side:
                 batches.join(rid)
         batches.rebalance()
-        kind, k_step = policy.choose(len(decoding), requests=decoding) if policy \
-            else (STEP_KIND[mode], k)
+        kind, k_step = policy.choose(len(decoding)) if policy else (STEP_KIND[mode], k)
         prefill: list[_Req] = []
         budget = max_num_batched_tokens
         while waiting and len(running) < max_num_seqs and (
@@ -190,19 +189,18 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
             drafting = draft_ms
             body = verify_ms + max(0.0, ingest_ms - verify_ms)
         step_ms = catch_up_ms + body + overhead
-        drafts_seen, drafted_ids = [], []
+        drafts_seen = []
         for rid in plan.verify:
             a = accept(spec[rid], k_step)
             emitted[by_rid[rid].index] = 1 + a
             if spec[rid]:
                 drafts_seen.append((spec[rid], a))
-                drafted_ids.append(rid)
         for rid in plan.draft:
             by_rid[rid].drafts_at = by_rid[rid].tokens
         for r in prefill:
             emitted[r.index] = 1
         if policy is not None:
-            policy.observe_drafts(drafts_seen, drafted_ids)
+            policy.observe_drafts(drafts_seen)
             for n_round, ms in ((len(plan.catch_up), catch_up_ms), (len(plan.draft), drafting)):
                 if n_round:
                     policy.observe_round(n_round, k_step, ms)

@@ -19,20 +19,11 @@ requests, with the cost model the simulator and the advisor use (minedraft.core.
   reference is fixed because a pace measured against the times it scaled itself has nothing
   to hold it: on a machine of constant speed with 12% noise per step it wandered 30-45% from
   1 within 2500 steps, mis-ranking every choice not running,
-- acceptance per draft position (from every verification with drafts), overall and per request:
-  the predictions use the mean over the requests decoding now of each one's own rate, which
-  starts at the overall rate as PRIOR_TRIALS verifications and moves with the request's own
-  verifications. Acceptance depends on the prompt: at 1 in flight on the bundled pair, requests
-  whose drafts were accepted at 0.03-0.3 per token beside an overall 0.5 made plain decoding the
-  right choice while they ran and the wrong one for the request after them; a rate of recent
-  steps, with no drafts while plain decoding ran, kept it on plain decoding for up to 194 steps
-  into the next requests (benchmarks/auto_fixed_load/no_draft_rpc).
+- acceptance per draft position (from every verification with drafts).
 
 Each (kind, k) also carries a calibration per batch-size bin: over its last CAL_WINDOW steps
-in that bin, the time the cost model predicts now for such steps over the time they took
-(a ratio of sums, so a slow step weighs by its length, as in a whole run; of time, not of
-output, so the acceptance of the requests that ran then is not carried over to those that run
-now: acceptance has estimates of its own, above; every step of the
+in that bin, the time the cost model predicts now for their output over the time they took
+(a ratio of sums, so a slow step weighs by its length, as in a whole run; every step of the
 choice counts, catch-ups and waits for the drafter included, except steps that also prefill
 prompts, whose cost is the same for every choice), so what the cost model misses (the two
 processes slowing each other, costs that depend on k) is measured, not assumed. The prediction
@@ -77,7 +68,7 @@ from __future__ import annotations
 import collections
 import statistics
 
-from minedraft.core.costmodel import Curve, best_step, expected_tokens, step_rate
+from minedraft.core.costmodel import Curve, best_step, step_rate
 from minedraft.core.trace import StepRecord
 
 HYSTERESIS = 0.05  # a switch must be predicted this much faster
@@ -92,7 +83,6 @@ CAL_WINDOW = 20  # steps per (choice, batch-size bin) in its calibration
 STALE = 2 * REEXPLORE_EVERY  # a calibration not added to for this many steps starts afresh
 EXPLORE_SHARE = 0.03  # re-explorations may cost at most this share of the time since the last
 MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
-PRIOR_TRIALS = 8  # a request's own acceptance starts as this many verifications at the overall
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 CATCH_UP_STEPS = 2 * MIN_DWELL  # steps an exploring step waits for the drafter to catch up
 
@@ -168,8 +158,6 @@ class OnlineCosts:
         prior = p.conditional_acceptance(len(p.acceptance_per_position)) if p else []
         self.trials = [1.0 if i < len(prior) else 0.0 for i in range(k_max)]
         self.accepted = [prior[i] if i < len(prior) else 0.0 for i in range(k_max)]
-        self.by_request: dict = {}  # request id -> ([trials], [accepted]) per position
-        self.mix: list[float] | None = None  # the decoding requests' rates (`focus`)
 
     # the interface of minedraft.core.costmodel.step_rate
     def decode(self, batch: float) -> float:
@@ -206,37 +194,10 @@ class OnlineCosts:
         return self.overheads[kind]
 
     def conditional_acceptance(self, k: int) -> list[float]:
-        """P(position i accepted | the ones before were), i = 1..k: the decoding requests' mean
-        (`focus`), else the overall rate."""
-        rates = self.mix or self.overall_acceptance()
-        return [rates[min(i, len(rates) - 1)] for i in range(k)]
-
-    def overall_acceptance(self) -> list[float]:
-        """P(position i accepted | the ones before were), i = 1..k_max, over every verification
-        so far (the counts are conditional already); positions never reached repeat the last
-        known rate."""
+        """P(position i accepted | the ones before were), i = 1..k, from the counts so far (the
+        counts are conditional already); positions never reached repeat the last known rate."""
         known = [a / t for a, t in zip(self.accepted, self.trials) if t] or [0.0]
-        return [known[min(i, len(known) - 1)] for i in range(self.k_max)]
-
-    def focus(self, requests) -> bool:
-        """The requests decoding next (ids): predictions use the mean over them of each one's
-        conditional acceptance per position, (accepted + PRIOR_TRIALS x overall) / (trials +
-        PRIOR_TRIALS) (a request never verified has the overall rate); requests not among them
-        are forgotten (finished, or preempted: they start again at the overall rate). Returns
-        whether the rates changed."""
-        self.by_request = {rid: self.by_request[rid] for rid in requests
-                           if rid in self.by_request}
-        mix = None
-        if self.by_request:
-            overall = self.overall_acceptance()
-            n = len(requests)
-            mix = [(n - len(self.by_request)) * g for g in overall]
-            for trials, accepted in self.by_request.values():
-                for i, g in enumerate(overall):
-                    mix[i] += (accepted[i] + PRIOR_TRIALS * g) / (trials[i] + PRIOR_TRIALS)
-            mix = [m / n for m in mix]
-        changed, self.mix = mix != self.mix, mix
-        return changed
+        return [known[min(i, len(known) - 1)] for i in range(k)]
 
     def intake_ms(self, tokens: int) -> float:
         """ms the drafter takes to take in `tokens` tokens without drafting: the median ms per
@@ -283,37 +244,27 @@ class OnlineCosts:
         self._excess[r.kind].append(max(0.0, r.step_ms - critical))
         self.overheads[r.kind] = statistics.median(self._excess[r.kind])
 
-    def observe_drafts(self, drafts: list[tuple[int, int]], requests=None) -> None:
-        """(draft tokens, accepted) of each request verified with drafts in a step;
-        `requests[j]`: the id of drafts[j]'s request (None: counted overall only)."""
-        for j, (n, a) in enumerate(drafts):
-            own = None
-            if requests is not None:
-                own = self.by_request.setdefault(requests[j],
-                                                 ([0] * self.k_max, [0] * self.k_max))
+    def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
+        """(draft tokens, accepted) of each request verified with drafts in a step."""
+        for n, a in drafts:
             for i in range(min(n, self.k_max)):
                 self.trials[i] += 1
-                if own:
-                    own[0][i] += 1
                 if i < a:
                     self.accepted[i] += 1
-                    if own:
-                        own[1][i] += 1
                 else:
                     break
 
 
 class _Steps:
     """A choice's last CAL_WINDOW steps in one batch-size bin, summed by requests decoding:
-    `by_n[n]` = (requests verified without drafts, with k drafts, ms at pace 1); a request
-    verified with fewer than k drafts (near its end) counts as its share of k."""
+    `by_n[n]` = (steps, output tokens, ms at pace 1)."""
 
     def __init__(self):
         self.steps: collections.deque = collections.deque(maxlen=CAL_WINDOW)
-        self.by_n: dict[int, tuple[float, float, float]] = {}
+        self.by_n: dict[int, tuple[int, int, float]] = {}
         self.last = 0  # the policy's step count at the latest
 
-    def add(self, n: int, plain: float, drafted: float, ms: float, step: int) -> None:
+    def add(self, n: int, output: int, ms: float, step: int) -> None:
         """One more step (the policy's `step`-th); the oldest leaves a full window, and all
         leave one whose latest is more than STALE steps old."""
         if step - self.last > STALE:
@@ -321,13 +272,13 @@ class _Steps:
             self.by_n.clear()
         self.last = step
         if len(self.steps) == CAL_WINDOW:
-            old_n, *old = self.steps.popleft()
-            sums = [a - b for a, b in zip(self.by_n.pop(old_n), old)]
-            if sum(1 for m, *_ in self.steps if m == old_n):
-                self.by_n[old_n] = tuple(sums)
-        self.steps.append((n, plain, drafted, ms))
-        sums = self.by_n.get(n, (0.0, 0.0, 0.0))
-        self.by_n[n] = (sums[0] + plain, sums[1] + drafted, sums[2] + ms)
+            old = self.steps[0]
+            count, out, t = self.by_n.pop(old[0])
+            if count > 1:
+                self.by_n[old[0]] = (count - 1, out - old[1], t - old[2])
+        self.steps.append((n, output, ms))
+        count, out, t = self.by_n.get(n, (0, 0, 0.0))
+        self.by_n[n] = (count + 1, out + output, t + ms)
 
 
 class AutoPolicy:
@@ -355,7 +306,7 @@ class AutoPolicy:
         self._n = 0  # requests decoding in the step chosen last
         self.tried: dict[tuple, int] = {}  # (choice, batch-size bin) -> step of its last trial
         self._cache: dict[tuple, float | None] = {}  # rates, calibrations: until an observation
-        self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, ms
+        self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, rate
 
     @classmethod
     def from_settings(cls, settings, k_max: int) -> "AutoPolicy":
@@ -382,12 +333,10 @@ class AutoPolicy:
                                 for k in range(1, self.k_max + 1)]
 
     def calibration(self, choice: tuple[str, int], n: int) -> float | None:
-        """Measured / predicted output rate of `choice` at `n` requests decoding, at the
-        acceptance predicted now: over its steps in n's batch-size bin (else in the bins within
-        a factor of 2), the time the model predicts now for their expected output (a request
-        verified without drafts yields 1 token, one with k drafts E(k) as predicted now) over
-        the time they took at the pace now; None where it has not run (see the module
-        docstring)."""
+        """Measured / predicted output rate of `choice` at `n` requests decoding: over its steps
+        in n's batch-size bin (else in the bins within a factor of 2), the time the model
+        predicts now for their output over the time they took at the pace now; None where it
+        has not run (see the module docstring)."""
         key = ("cal", *choice, OnlineCurve._bin(n))
         if key not in self._cache:
             b = key[-1]
@@ -395,9 +344,8 @@ class AutoPolicy:
             windows = [own] if own else [w for (kind, k, bb), w in self.samples.items()
                                          if (kind, k) == choice and b <= 2 * bb <= 4 * b]
             sums = [v for w in windows for v in w.by_n.items()]
-            e = expected_tokens(self.costs, choice[1]) if choice[0] != "none" else 1.0
-            predicted = sum((plain + drafted * e) / self._model_rate(choice, m)
-                            for m, (plain, drafted, _) in sums if self._model_rate(choice, m) > 0)
+            predicted = sum(out / self._model_rate(choice, m) for m, (_, out, _) in sums
+                            if self._model_rate(choice, m) > 0)
             measured = self.costs.pace * sum(ms for _, (_, _, ms) in sums)
             self._cache[key] = predicted / measured if predicted and measured else None
         return self._cache[key]
@@ -414,16 +362,6 @@ class AutoPolicy:
         margin = 1.0 if choice[0] == "none" else 1.0 + MARGIN
         return self._model_rate(choice, n) * cal / margin
 
-    def _step_ms(self, choice: tuple[str, int], n: int) -> float:
-        """ms the cost model gives one step of `choice` at `n` decoding: its output per step
-        (n E(k); half of it for psd, which verifies one half per step) over its rate. E(k)
-        cancels out: the time does not depend on acceptance. 0 while nothing is measured."""
-        rate = self._model_rate(choice, n)
-        if rate <= 0:
-            return 0.0
-        output = n * (expected_tokens(self.costs, choice[1]) if choice[0] != "none" else 1.0)
-        return (output / 2 if choice[0] == "psd" and n >= 2 else output) / rate
-
     def _model_rate(self, choice: tuple[str, int], n: int) -> float:
         key = ("rate", *choice, n)
         if key not in self._cache:
@@ -433,17 +371,13 @@ class AutoPolicy:
                 self._cache[key] = 0.0
         return self._cache[key]
 
-    def choose(self, n_decoding: int, backlog=lambda: 0, prefill: bool = False,
-               requests=None) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=lambda: 0, prefill: bool = False) -> tuple[str, int]:
         """(kind, k) for the next step with `n_decoding` requests decoding; `backlog()`: the
         tokens of those requests the drafter has not taken in yet (asked before a
         re-exploration); `prefill`: the step will also prefill prompts (it explores nothing:
-        such steps teach nothing, and drafting in them costs more); `requests`: their ids
-        (their own acceptance is predicted; None: the overall acceptance)."""
+        such steps teach nothing, and drafting in them costs more)."""
         if n_decoding == 0:
             return self.current
-        if requests is not None and self.costs.focus(requests):
-            self._cache.clear()
         self.steps += 1
         if not self.explore and self.steps - self.explored_at >= REEXPLORE_EVERY:
             plan = self._reexploration(n_decoding, backlog())
@@ -458,7 +392,7 @@ class AutoPolicy:
         choice = self.explore.pop(0) if self._exploring else self.current
         if choice[0] == "psd" and n_decoding < 2:  # what runs (see `_best`), and is measured
             choice = ("sequential", choice[1])
-        self._pending = (choice, n_decoding, self._step_ms(choice, n_decoding))
+        self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding))
         return choice
 
     def _switch(self, n: int, backlog) -> None:
@@ -587,10 +521,9 @@ class AutoPolicy:
         self.predicted["best"] = rate
         return kind, k
 
-    def observe_drafts(self, drafts: list[tuple[int, int]], requests=None) -> None:
-        """Acceptance of this step's verifications: (draft tokens, accepted) per request;
-        `requests[j]`: the id of drafts[j]'s request."""
-        self.costs.observe_drafts(drafts, requests)
+    def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
+        """Acceptance of this step's verifications."""
+        self.costs.observe_drafts(drafts)
         self._cache.clear()
 
     def observe_round(self, batch: int, k: int, ms: float) -> None:
@@ -603,8 +536,8 @@ class AutoPolicy:
         self.costs.observe_intake(tokens, ms)
 
     def observe_step(self, record: StepRecord) -> None:
-        """A completed step's record: the costs it shows, and how long it took against the time
-        predicted when it was chosen.
+        """A completed step's record: the costs it shows, and how long its output (verified
+        requests + accepted drafts) took against the time predicted when it was chosen.
         Every step of a choice counts (its catch-ups and waits for the drafter are its cost)
         except those that also prefill prompts (their cost is the same for every choice, and
         large and noisy)."""
@@ -617,14 +550,13 @@ class AutoPolicy:
         if (pending is None or not r.step_ms or not r.verify or pending[2] <= 0
                 or (r.tokens or 0) > r.verify + r.drafted_tokens):
             return
-        choice, n, predicted_ms = pending
+        choice, n, rate = pending
         output = r.verify + r.accepted_tokens
         if self._exploring and choice != self.current:  # its cost: the time beyond `current`'s
             usual = self._usual_rate(self.current, n)
             if usual > 0:
                 self.explore_spent_ms += max(0.0, r.step_ms - output / usual)
-        measured = min(r.step_ms, SPIKE * predicted_ms)
-        drafted = min(r.verify, r.drafted_tokens / choice[1]) if choice[1] else 0.0
+        measured = min(r.step_ms, SPIKE * output / rate)
         bin_ = (*choice, OnlineCurve._bin(n))
-        self.samples.setdefault(bin_, _Steps()).add(n, r.verify - drafted, drafted,
-                                                    measured / self.costs.pace, self.steps)
+        self.samples.setdefault(bin_, _Steps()).add(n, output, measured / self.costs.pace,
+                                                    self.steps)

@@ -1,9 +1,8 @@
 """What each step does with drafts: the fixed modes, and `auto`'s choice per step.
 
-A policy answers `choose(n_decoding, backlog, prefill, requests) -> (kind, k)` before each step
-(kind: "psd", "sequential" or "none", see minedraft.core.subbatch; `backlog()` counts the tokens
-of the decoding requests the drafter has not taken in; `prefill`: the step also prefills
-prompts; `requests`: the decoding requests' ids) and
+A policy answers `choose(n_decoding, backlog, prefill) -> (kind, k)` before each step (kind:
+"psd", "sequential" or "none", see minedraft.core.subbatch; `backlog()` counts the tokens of the
+decoding requests the drafter has not taken in; `prefill`: the step also prefills prompts) and
 `catch_up()` (a drafting step is due after steps without drafts: the drafter should take in
 now, in the background, the tokens those steps decoded), and is told what happened: the drafts
 verified (`observe_drafts`), each drafter round (`observe_round`, or `observe_intake` for a
@@ -21,8 +20,7 @@ class FixedPolicy:
     def __init__(self, kind: str, k: int):
         self.kind, self.k = kind, k
 
-    def choose(self, n_decoding: int, backlog=None, prefill: bool = False,
-               requests=None) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=None, prefill: bool = False) -> tuple[str, int]:
         """The same (kind, k) every step."""
         return self.kind, self.k
 
@@ -30,9 +28,8 @@ class FixedPolicy:
         """Never: every step drafts, so the drafter never lags."""
         return False
 
-    def observe_drafts(self, drafts: list[tuple[int, int]], requests=None) -> None:
-        """(draft tokens, accepted tokens) of each request verified with drafts in a step;
-        `requests[j]`: the id of drafts[j]'s request."""
+    def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
+        """(draft tokens, accepted tokens) of each request verified with drafts in a step."""
 
     def observe_round(self, batch: int, k: int, ms: float) -> None:
         """A drafter round of `batch` requests and `k` tokens took `ms`."""

@@ -128,8 +128,7 @@ class PSDSchedulerMixin:
         self.batches.rebalance()
         prefill = len(self.waiting) > 0 or len(decoding) < len(self.running)
         kind, k = self.policy.choose(len(decoding), lambda: self._backlog(decoding),
-                                     prefill=prefill, requests=decoding) \
-            if self.drafter.up else ("none", 0)
+                                     prefill=prefill) if self.drafter.up else ("none", 0)
         fresh = {rid for rid in decoding if self._fresh(rid)}
         plan = plan_step(self.batches, decoding, fresh, kind)
         if self.pinning is not None:
@@ -325,8 +324,7 @@ class PSDSchedulerMixin:
             accepted = {rid: max(0, len(sampled[index[rid]]) - 1) for rid, draft in spec.items()
                         if rid in index and len(sampled) > index[rid]}
             rec.accepted_tokens = sum(accepted.values())
-            self.policy.observe_drafts([(len(spec[rid]), a) for rid, a in accepted.items()],
-                                       list(accepted))
+            self.policy.observe_drafts([(len(spec[rid]), a) for rid, a in accepted.items()])
             rec.update_ms = 1000 * (time.perf_counter() - t0)
         self.batches.flip()
         self.step_index += 1
