@@ -18,7 +18,7 @@ pip_install() {
   for attempt in 1 2 3; do
     "$VENV/bin/pip" "${PIP_ARGS[@]}" "$@" && return 0
     echo "setup: pip install $* failed (attempt $attempt of 3)" >&2
-    sleep $((attempt * 5))
+    [ "$attempt" -lt 3 ] && sleep $((attempt * 5))
   done
   return 1
 }
