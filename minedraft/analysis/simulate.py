@@ -145,7 +145,8 @@ def simulate(profile: CostProfile, mode: str, *, num_prompts: int = 16, output_l
             if rid not in batches.side:
                 batches.join(rid)
         batches.rebalance()
-        kind, k_step = policy.choose(len(decoding)) if policy else (STEP_KIND[mode], k)
+        kind, k_step = policy.choose(len(decoding), requests=decoding) if policy \
+            else (STEP_KIND[mode], k)
         prefill: list[_Req] = []
         budget = max_num_batched_tokens
         while waiting and len(running) < max_num_seqs and (

@@ -32,7 +32,9 @@ now: a calibration learnt while the curves were still wrong, or during a slow sp
 otherwise outlive the mistake it corrected; one not renewed for STALE steps starts afresh
 (a choice predicted far worse is not re-explored, and would never be re-measured). A bin
 where the choice never ran borrows the steps of the bins within a factor of 2; beyond them
-the cost model alone ranks it (the misses of batch 4 say nothing of batch 128). Learnt times
+the cost model alone ranks it (the misses of batch 4 say nothing of batch 128). At one or two
+requests decoding a drafting choice's steps count only while their requests still run: their
+output was those requests' own acceptance (`_forget`). Learnt times
 are medians of recent steps: single steps spike (arrivals, garbage collection).
 
 It starts on plain decoding. A cost profile (`auto_profile`) seeds the estimates; without one
@@ -85,6 +87,7 @@ EXPLORE_SHARE = 0.03  # re-explorations may cost at most this share of the time 
 MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 CATCH_UP_STEPS = 2 * MIN_DWELL  # steps an exploring step waits for the drafter to catch up
+SMALL_BATCH = 2  # up to this many decoding, a step's acceptance is its requests' own (`_forget`)
 
 
 class OnlineCurve:
@@ -257,28 +260,39 @@ class OnlineCosts:
 
 class _Steps:
     """A choice's last CAL_WINDOW steps in one batch-size bin, summed by requests decoding:
-    `by_n[n]` = (steps, output tokens, ms at pace 1)."""
+    `by_n[n]` = (steps, output tokens, ms at pace 1). A step may carry the ids of its requests
+    (see `forget`)."""
 
     def __init__(self):
         self.steps: collections.deque = collections.deque(maxlen=CAL_WINDOW)
         self.by_n: dict[int, tuple[int, int, float]] = {}
         self.last = 0  # the policy's step count at the latest
 
-    def add(self, n: int, output: int, ms: float, step: int) -> None:
-        """One more step (the policy's `step`-th); the oldest leaves a full window, and all
-        leave one whose latest is more than STALE steps old."""
+    def add(self, n: int, output: int, ms: float, step: int, requests=None) -> None:
+        """One more step (the policy's `step`-th; `requests`: a frozenset of its requests' ids,
+        or None); the oldest leaves a full window, and all leave one whose latest is more than
+        STALE steps old."""
         if step - self.last > STALE:
             self.steps.clear()
-            self.by_n.clear()
         self.last = step
-        if len(self.steps) == CAL_WINDOW:
-            old = self.steps[0]
-            count, out, t = self.by_n.pop(old[0])
-            if count > 1:
-                self.by_n[old[0]] = (count - 1, out - old[1], t - old[2])
-        self.steps.append((n, output, ms))
-        count, out, t = self.by_n.get(n, (0, 0, 0.0))
-        self.by_n[n] = (count + 1, out + output, t + ms)
+        self.steps.append((n, output, ms, requests))
+        self._sum()
+
+    def forget(self, running: set) -> bool:
+        """Drop the steps that carry a request not in `running` (finished or preempted);
+        returns whether any was dropped."""
+        kept = [s for s in self.steps if s[3] is None or s[3] <= running]
+        if len(kept) == len(self.steps):
+            return False
+        self.steps = collections.deque(kept, maxlen=CAL_WINDOW)
+        self._sum()
+        return True
+
+    def _sum(self) -> None:
+        self.by_n = {}
+        for n, output, ms, _ in self.steps:
+            count, out, t = self.by_n.get(n, (0, 0, 0.0))
+            self.by_n[n] = (count + 1, out + output, t + ms)
 
 
 class AutoPolicy:
@@ -306,7 +320,8 @@ class AutoPolicy:
         self._n = 0  # requests decoding in the step chosen last
         self.tried: dict[tuple, int] = {}  # (choice, batch-size bin) -> step of its last trial
         self._cache: dict[tuple, float | None] = {}  # rates, calibrations: until an observation
-        self._pending: tuple[tuple[str, int], int, float] | None = None  # choice, batch, rate
+        # choice, batch, rate, and the requests' ids where the calibration keeps them
+        self._pending: tuple[tuple[str, int], int, float, frozenset | None] | None = None
 
     @classmethod
     def from_settings(cls, settings, k_max: int) -> "AutoPolicy":
@@ -371,13 +386,17 @@ class AutoPolicy:
                 self._cache[key] = 0.0
         return self._cache[key]
 
-    def choose(self, n_decoding: int, backlog=lambda: 0, prefill: bool = False) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=lambda: 0, prefill: bool = False,
+               requests=None) -> tuple[str, int]:
         """(kind, k) for the next step with `n_decoding` requests decoding; `backlog()`: the
         tokens of those requests the drafter has not taken in yet (asked before a
         re-exploration); `prefill`: the step will also prefill prompts (it explores nothing:
-        such steps teach nothing, and drafting in them costs more)."""
+        such steps teach nothing, and drafting in them costs more); `requests`: their ids
+        (None: unknown; see `_forget`)."""
         if n_decoding == 0:
             return self.current
+        if requests is not None:
+            self._forget(set(requests))
         self.steps += 1
         if not self.explore and self.steps - self.explored_at >= REEXPLORE_EVERY:
             plan = self._reexploration(n_decoding, backlog())
@@ -392,8 +411,26 @@ class AutoPolicy:
         choice = self.explore.pop(0) if self._exploring else self.current
         if choice[0] == "psd" and n_decoding < 2:  # what runs (see `_best`), and is measured
             choice = ("sequential", choice[1])
-        self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding))
+        ids = frozenset(requests) if requests is not None and choice[0] != "none" \
+            and n_decoding <= SMALL_BATCH else None
+        self._pending = (choice, n_decoding, self._model_rate(choice, n_decoding), ids)
         return choice
+
+    def _forget(self, running: set) -> None:
+        """Drop the calibration steps of drafting choices at SMALL_BATCH or fewer decoding
+        whose requests are not all still running. With one or two requests decoding, a step's
+        output is their own acceptance, which depends on the prompt: at 1 in flight on the
+        bundled pair, requests whose drafts were accepted at 0.1-0.36 per token (overall about
+        0.5) made plain decoding the right choice while they ran, and their steps, kept, held
+        plain decoding for up to 194 steps into the requests after them, whose drafts would
+        have paid (benchmarks/auto_fixed_load/no_draft_rpc). Dropped, the choice is ranked by
+        the cost model and the overall acceptance again (a trial first, see `_switch`). With
+        more requests decoding a step's acceptance is a mean over many, and carries over."""
+        changed = False
+        for window in self.samples.values():
+            changed |= window.forget(running)
+        if changed:
+            self._cache.clear()
 
     def _switch(self, n: int, backlog) -> None:
         """Switch to the best choice when it is predicted HYSTERESIS better and the current one
@@ -550,7 +587,7 @@ class AutoPolicy:
         if (pending is None or not r.step_ms or not r.verify or pending[2] <= 0
                 or (r.tokens or 0) > r.verify + r.drafted_tokens):
             return
-        choice, n, rate = pending
+        choice, n, rate, ids = pending
         output = r.verify + r.accepted_tokens
         if self._exploring and choice != self.current:  # its cost: the time beyond `current`'s
             usual = self._usual_rate(self.current, n)
@@ -559,4 +596,4 @@ class AutoPolicy:
         measured = min(r.step_ms, SPIKE * output / rate)
         bin_ = (*choice, OnlineCurve._bin(n))
         self.samples.setdefault(bin_, _Steps()).add(n, output, measured / self.costs.pace,
-                                                    self.steps)
+                                                    self.steps, ids)

@@ -1,8 +1,9 @@
 """What each step does with drafts: the fixed modes, and `auto`'s choice per step.
 
-A policy answers `choose(n_decoding, backlog, prefill) -> (kind, k)` before each step (kind:
-"psd", "sequential" or "none", see minedraft.core.subbatch; `backlog()` counts the tokens of the
-decoding requests the drafter has not taken in; `prefill`: the step also prefills prompts) and
+A policy answers `choose(n_decoding, backlog, prefill, requests) -> (kind, k)` before each step
+(kind: "psd", "sequential" or "none", see minedraft.core.subbatch; `backlog()` counts the tokens
+of the decoding requests the drafter has not taken in; `prefill`: the step also prefills
+prompts; `requests`: the decoding requests' ids) and
 `catch_up()` (a drafting step is due after steps without drafts: the drafter should take in
 now, in the background, the tokens those steps decoded), and is told what happened: the drafts
 verified (`observe_drafts`), each drafter round (`observe_round`, or `observe_intake` for a
@@ -20,7 +21,8 @@ class FixedPolicy:
     def __init__(self, kind: str, k: int):
         self.kind, self.k = kind, k
 
-    def choose(self, n_decoding: int, backlog=None, prefill: bool = False) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=None, prefill: bool = False,
+               requests=None) -> tuple[str, int]:
         """The same (kind, k) every step."""
         return self.kind, self.k
 

@@ -128,7 +128,8 @@ class PSDSchedulerMixin:
         self.batches.rebalance()
         prefill = len(self.waiting) > 0 or len(decoding) < len(self.running)
         kind, k = self.policy.choose(len(decoding), lambda: self._backlog(decoding),
-                                     prefill=prefill) if self.drafter.up else ("none", 0)
+                                     prefill=prefill, requests=decoding) \
+            if self.drafter.up else ("none", 0)
         fresh = {rid for rid in decoding if self._fresh(rid)}
         plan = plan_step(self.batches, decoding, fresh, kind)
         if self.pinning is not None:

@@ -202,7 +202,7 @@ class _Fixed(AutoPolicy):
         super().__init__(3)
         self.choice = choice
 
-    def choose(self, n_decoding, backlog=None, prefill=False):
+    def choose(self, n_decoding, backlog=None, prefill=False, requests=None):
         return self.choice
 
 
@@ -259,7 +259,7 @@ def test_calibration_weighs_steps_by_their_length_as_a_whole_run_does():
     rate = step_rate(policy.costs, "none", 8, 0)
     predicted = 8 / rate  # ms the cost model gives a step's 8 output tokens
     for i in range(200):
-        policy._pending = (("none", 0), 8, rate)  # as `choose` leaves it
+        policy._pending = (("none", 0), 8, rate, None)  # as `choose` leaves it
         policy.observe_step(StepRecord(kind="none", verify=8, tokens=8, verify_ms=predicted,
                                        step_ms=predicted * (3 if i % 5 == 4 else 1)))
     assert policy.calibration(("none", 0), 8) == pytest.approx(5 / 7, abs=0.01)  # not 13 / 15
@@ -360,9 +360,9 @@ class _Forced(AutoPolicy):
         super().__init__(3, profile)
         self.choice = choice
 
-    def choose(self, n_decoding, backlog=lambda: 0, prefill=False):
-        super().choose(n_decoding, backlog, prefill)
-        self._pending = (self.choice, n_decoding, self._model_rate(self.choice, n_decoding))
+    def choose(self, n_decoding, backlog=lambda: 0, prefill=False, requests=None):
+        super().choose(n_decoding, backlog, prefill, requests)
+        self._pending = (self.choice, n_decoding, self._model_rate(self.choice, n_decoding), None)
         return self.choice
 
 
@@ -603,3 +603,91 @@ def test_a_choice_made_for_another_batch_size_is_not_held_for_the_dwell():
     assert policy.choose(1) == first  # (the same bin: held)
     best8 = policy._best(8)
     assert best8 != first and policy.choose(8) == best8  # another bin: at once
+
+
+def _one_in_flight(policy: AutoPolicy, true, rates: list[float], tokens: int = 128,
+                   with_ids: bool = True, seed: int = 0) -> list[tuple[int, str]]:
+    """Requests one after another (1 in flight) on a synthetic engine with costs `true`;
+    request j accepts each draft position with probability rates[j]. Returns (request,
+    kind) per step."""
+    rng = random.Random(seed)
+    steps = []
+    for j, p in enumerate(rates):
+        ids = [j] if with_ids else None
+        done = 0
+        while done < tokens:
+            kind, k = policy.choose(1, requests=ids)
+            steps.append((j, kind))
+            accepted = 0
+            if kind != "none":
+                while accepted < k and rng.random() < p:
+                    accepted += 1
+                policy.observe_drafts([(k, accepted)])
+                policy.observe_round(1, k, true.draft_ms(1, k))
+                verify_ms = true.verify(1 + k)
+                rec = StepRecord(kind="sequential", k=k, verify=1, catch_up=1, tokens=1 + k,
+                                 drafted_tokens=k, accepted_tokens=accepted,
+                                 verify_ms=verify_ms, draft_ms=true.draft_ms(1, k),
+                                 step_ms=true.draft_ms(1, k) + verify_ms + 1.0)
+            else:
+                rec = StepRecord(kind="none", verify=1, tokens=1, verify_ms=true.decode(1),
+                                 step_ms=true.decode(1) + 1.0)
+            policy.observe_step(rec)
+            done += 1 + accepted
+    return steps
+
+
+def test_one_bad_request_does_not_stop_drafting_for_the_requests_after_it():
+    """1 in flight, every third request's drafts rejected (acceptance 0.05 per position
+    against 0.7): auto stops drafting during those requests (plain decoding is faster there)
+    and drafts again from the start of the next one. Found on the engine: the calibration
+    carried a bad request's output over to the requests after it and, not renewed while plain
+    decoding ran, held plain decoding for up to 194 steps into them
+    (benchmarks/auto_fixed_load/no_draft_rpc). Without request ids (the code before) auto
+    drafts in none of the first 20 steps of most requests after a bad one, and takes longer."""
+    true = FLAT_VERIFY
+    rates = [0.7, 0.7] + [0.05, 0.7, 0.7] * 5
+    policy = AutoPolicy(3)
+    steps = _one_in_flight(policy, true, rates)
+    by_request = collections.defaultdict(list)
+    for j, kind in steps:
+        by_request[j].append(kind)
+    good = [j for j, p in enumerate(rates) if p > 0.5 and j >= 3]  # after one bad request
+    bad = [j for j, p in enumerate(rates) if p < 0.5]
+    for j in good:  # drafting from its first steps (a request of ~50 steps)
+        kinds = by_request[j]
+        assert sum(kind != "none" for kind in kinds[:20]) >= 16, (j, kinds[:20])
+    for j in bad:  # and not once its own output is known (a request of ~120 steps)
+        assert sum(kind == "none" for kind in by_request[j][40:]) \
+            >= 0.8 * len(by_request[j][40:]), (j, by_request[j])
+    # without request ids the same requests take longer
+    blind = AutoPolicy(3)
+    blind_steps = _one_in_flight(blind, true, rates, with_ids=False)
+    blind_by_request = collections.defaultdict(list)
+    for j, kind in blind_steps:
+        blind_by_request[j].append(kind)
+    held = [j for j in good if sum(kind != "none" for kind in blind_by_request[j][:20]) < 16]
+    assert len(held) >= len(good) // 2, held
+    assert blind.elapsed_ms > 1.05 * policy.elapsed_ms, (blind.elapsed_ms, policy.elapsed_ms)
+
+
+def test_steps_of_finished_requests_leave_a_small_batch_calibration_only():
+    """At one or two decoding a drafting choice's steps stop counting once one of their
+    requests has left; with more decoding, and for plain decoding, they stay."""
+    policy = AutoPolicy(3, FLAT_VERIFY)
+    policy._switch = lambda n, backlog: None  # (runs `current`)
+    for n, ids in ((1, ["a"]), (2, ["a", "b"]), (4, ["a", "b", "c", "d"])):
+        for kind, k in (("sequential", 3), ("none", 0)):
+            policy.current = (kind, k)
+            for _ in range(3):
+                assert policy.choose(n, requests=ids) == (kind, k)
+                policy.observe_step(StepRecord(kind=kind, k=k, verify=n, tokens=n * (1 + k),
+                                               drafted_tokens=n * k, accepted_tokens=n,
+                                               verify_ms=25.0, step_ms=30.0))
+    assert all(policy.calibration(c, n) for c in (("sequential", 3), ("none", 0))
+               for n in (1, 2, 4))
+    policy.choose(4, requests=["b", "c", "d", "e"])  # "a" finished
+    assert policy.calibration(("sequential", 3), 1) is None
+    assert policy.calibration(("sequential", 3), 2) is None
+    assert policy.calibration(("sequential", 3), 4) is not None
+    assert policy.calibration(("none", 0), 1) is not None

@@ -101,7 +101,7 @@ class CyclingPolicy(FixedPolicy):
         self.kinds = ["psd", "psd", "none", "sequential", "psd", "none", "none"]
         self.calls = 0
 
-    def choose(self, n_decoding: int, backlog=None, prefill=False) -> tuple[str, int]:
+    def choose(self, n_decoding: int, backlog=None, prefill=False, requests=None):
         kind = self.kinds[self.calls % len(self.kinds)]
         self.calls += 1
         return kind, 0 if kind == "none" else self.k
@@ -171,7 +171,7 @@ class BacklogPolicy(FixedPolicy):
         self.prefills = []
         self.intake = []
 
-    def choose(self, n_decoding, backlog=None, prefill=False):
+    def choose(self, n_decoding, backlog=None, prefill=False, requests=None):
         self.backlogs.append((n_decoding, backlog()))
         self.prefills.append(prefill)
         return "none", 0
