@@ -170,10 +170,12 @@ class BacklogPolicy(FixedPolicy):
         self.backlogs = []
         self.prefills = []
         self.intake = []
+        self.requests = []
 
     def choose(self, n_decoding, backlog=None, prefill=False, requests=None):
         self.backlogs.append((n_decoding, backlog()))
         self.prefills.append(prefill)
+        self.requests.append(list(requests))
         return "none", 0
 
     def observe_intake(self, tokens, ms):
@@ -196,6 +198,10 @@ def test_the_drafters_backlog_counts_the_tokens_steps_without_drafts_did_not_sen
     # each step adds one token to each of the 3 requests the drafter holds up to its prompt
     assert [b for _, b in decoding][:4] == [3, 6, 9, 12]
     assert sum(policy.intake) == sum(len(p) for p in ps)  # the prompts, each once
+    # and names the decoding requests (`auto` drops what finished ones taught it)
+    assert all(len(ids) == n for ids, (n, _) in zip(policy.requests, policy.backlogs))
+    first = next(i for i, (n, _) in enumerate(policy.backlogs) if n == 3)
+    assert sorted(policy.requests[first]) == ["r0", "r1", "r2"]
 
 
 class CatchUpPolicy(BacklogPolicy):
