@@ -427,8 +427,9 @@ class AutoPolicy:
         the cost model and the overall acceptance again (a trial first, see `_switch`). With
         more requests decoding a step's acceptance is a mean over many, and carries over."""
         changed = False
-        for window in self.samples.values():
-            changed |= window.forget(running)
+        for (kind, _, b), window in self.samples.items():
+            if kind != "none" and b <= SMALL_BATCH:  # (the only windows whose steps carry ids)
+                changed |= window.forget(running)
         if changed:
             self._cache.clear()
 
