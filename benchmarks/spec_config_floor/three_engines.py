@@ -1,7 +1,8 @@
 """Plain decoding against two engines with MineDraft's speculative config and no drafts, 64
 requests x 128 tokens, 64 in flight, in one script (one engine at a time, in the order given):
 
-- `ar`: plain decoding, target on core 0;
+- `ar`: plain decoding, target on core 0 (vLLM's async scheduling on, its default there);
+- `ar_sync`: the same with async scheduling off, as every engine with our speculative config;
 - `spec_vllm_sched`: the same engine with our `custom_class` speculative config (k = 3) and
   vLLM's own scheduler: no PSD scheduler, no drafter, never a draft;
 - `auto_none`: `--mode auto` with the drafter on core 1, which drafts nothing only under the
@@ -25,6 +26,7 @@ SPEC = {"speculative_config": {"method": "custom_class",
         "async_scheduling": False}
 VARIANTS = {
     "ar": (EngineConfig(mode="ar", target_cores="0"), None),
+    "ar_sync": (EngineConfig(mode="ar", target_cores="0"), {"async_scheduling": False}),
     "spec_vllm_sched": (EngineConfig(mode="ar", target_cores="0"), SPEC),
     "auto_none": (EngineConfig(mode="auto", target_cores="0", draft_cores="1",
                                draft_quantization="int8"), None),

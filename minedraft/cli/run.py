@@ -58,6 +58,11 @@ def add_parsers(sub) -> None:
                    help="sampling temperature, 0 = greedy (default: 0)")
     b.add_argument("--repeats", type=positive_int, default=1,
                    help="runs per mode; the table shows medians (default: 1)")
+    b.add_argument("--interleave", action="store_true",
+                   help="start every mode's engine at once and take their repeats in turn "
+                        "(A, B, A, B, ...), so a slow spell of a shared host falls on every "
+                        "mode alike; the JSON then holds each repeat's ratio to the first mode "
+                        "(more memory: one engine per mode at once)")
     b.add_argument("--json", dest="json_out", default=None, help="write results to this file")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_engine_options(b)
@@ -207,23 +212,50 @@ def cmd_bench(args) -> None:
     check_dataset(args.dataset)
     output_file(args.json_out, "--json file")
     if args.base_url:  # running servers instead of an engine per mode
+        if args.interleave:
+            raise UserError("--interleave needs engines started by bench, not --base-url")
         return cmd_bench_online(args)
     from minedraft.runtime.api import benchmark
     from minedraft.runtime.engine import Engine
 
     configs = engine_configs(args, args.mode)
     requests = bench_requests(args)
-    results = []
-    for config in configs:
-        print(f"== {config.mode}: starting engine", file=sys.stderr)
-        with Engine(config) as engine:
-            res = benchmark(engine, requests, output_len=args.output_len,
-                            request_rate=args.request_rate, max_concurrency=args.max_concurrency,
-                            temperature=args.temperature, seed=args.seed, repeats=args.repeats,
-                            progress=not args.no_progress)
-        res["config"] = engine.config.to_dict()
-        results.append(res)
+    kwargs = dict(output_len=args.output_len, request_rate=args.request_rate,
+                  max_concurrency=args.max_concurrency, temperature=args.temperature,
+                  seed=args.seed, repeats=args.repeats, progress=not args.no_progress)
+    if args.interleave:
+        results = bench_interleaved(configs, requests, kwargs)
+    else:
+        results = []
+        for config in configs:
+            print(f"== {config.mode}: starting engine", file=sys.stderr)
+            with Engine(config) as engine:
+                res = benchmark(engine, requests, **kwargs)
+            res["config"] = engine.config.to_dict()
+            results.append(res)
     report_bench(args, results)
+
+
+def bench_interleaved(configs, requests, kwargs: dict) -> list[dict]:
+    """`bench --interleave`: every mode's engine up at once, repeats in turn; each result also
+    holds "ratio_per_repeat": its output tok/s over the first mode's, repeat by repeat."""
+    from contextlib import ExitStack
+
+    from minedraft.runtime.api import benchmark_interleaved
+    from minedraft.runtime.engine import Engine
+
+    with ExitStack() as stack:
+        engines = []
+        for config in configs:
+            print(f"== {config.mode}: starting engine", file=sys.stderr)
+            engines.append(stack.enter_context(Engine(config)))
+        results = benchmark_interleaved(engines, requests, **kwargs)
+    first = [r["output_throughput_tok_s"] for r in results[0]["runs"]]
+    for res, engine in zip(results, engines):
+        res["config"] = engine.config.to_dict()
+        res["ratio_per_repeat"] = [r["output_throughput_tok_s"] / f if f else None
+                                   for r, f in zip(res["runs"], first)]
+    return results
 
 
 def bench_requests(args) -> list:

@@ -98,28 +98,52 @@ def benchmark(engine: Engine, requests: list[Request], *, output_len: int = 128,
     Every request generates exactly `output_len` tokens (EOS ignored), as in the paper's setup;
     with `ignore_eos=False` a request ends at the model's end of turn, as a server would end it.
     """
+    return benchmark_interleaved([engine], requests, output_len=output_len,
+                                 request_rate=request_rate, max_concurrency=max_concurrency,
+                                 temperature=temperature, seed=seed, repeats=repeats,
+                                 warmup=warmup, progress=progress, ignore_eos=ignore_eos)[0]
+
+
+def benchmark_interleaved(engines: list[Engine], requests: list[Request], *,
+                          output_len: int = 128, request_rate: float = math.inf,
+                          max_concurrency: int | None = None, temperature: float = 0.0,
+                          seed: int = 0, repeats: int = 1, warmup: bool = True,
+                          progress: bool = True, ignore_eos: bool = True) -> list[dict]:
+    """`benchmark` for several engines at once, their repeats taken in turn (A, B, A, B, ...):
+    a slow spell of a shared host then falls on every engine alike, and the ratio of two
+    engines' runs of the same repeat compares like with like. One summary per engine, in order;
+    with several engines each repeat starts with its own warm-up (an engine left idle while the
+    others ran has gone cold)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
 
     def params(_req):
         return _sampling(output_len, temperature, None, ignore_eos=ignore_eos)
 
-    if warmup:  # first batches allocate and warm caches; keep them out of the numbers
-        run_requests(engine, requests[: min(4, len(requests))],
-                     lambda _r: _sampling(8, temperature, None, ignore_eos=True), progress=False)
-    runs = []
+    runs: list[list[dict]] = [[] for _ in engines]
     for rep in range(repeats):
-        engine.spec.reset()
-        offset = trace_size(engine.config.trace_path)
-        results, duration = run_requests(engine, requests, params, request_rate=request_rate,
-                                         max_concurrency=max_concurrency, seed=seed + rep,
-                                         progress=progress)
-        run = {**serving_metrics(results, duration), **engine.spec.summary(),
-               **trace_metrics(read_trace(engine.config.trace_path, offset))}
-        if not isinstance(request_rate, (int, float)):  # a load that changes: each part's metrics
-            run["segments"] = segment_metrics(results, request_rate)
-        runs.append(run)
-    summary = median_of_runs(runs)
-    summary.update(mode=engine.config.mode, repeats=repeats, runs=runs,
-                   engine_startup_s=engine.startup_s)
-    return summary
+        for engine, engine_runs in zip(engines, runs):
+            if warmup and (rep == 0 or len(engines) > 1):  # keep cold caches out of the numbers
+                run_requests(engine, requests[: min(4, len(requests))],
+                             lambda _r: _sampling(8, temperature, None, ignore_eos=True),
+                             progress=False)
+            engine_runs.append(_run_once(engine, requests, params, request_rate,
+                                         max_concurrency, seed + rep, progress))
+    return [{**median_of_runs(r), "mode": e.config.mode, "repeats": repeats, "runs": r,
+             "engine_startup_s": e.startup_s} for e, r in zip(engines, runs)]
+
+
+def _run_once(engine: Engine, requests, params, request_rate, max_concurrency, seed: int,
+              progress: bool) -> dict:
+    """One run of `requests`: serving metrics, the engine's speculation counters and, for
+    engines with a trace, the metrics of this run's steps."""
+    engine.spec.reset()
+    offset = trace_size(engine.config.trace_path)
+    results, duration = run_requests(engine, requests, params, request_rate=request_rate,
+                                     max_concurrency=max_concurrency, seed=seed,
+                                     progress=progress)
+    run = {**serving_metrics(results, duration), **engine.spec.summary(),
+           **trace_metrics(read_trace(engine.config.trace_path, offset))}
+    if not isinstance(request_rate, (int, float)):  # a load that changes: each part's metrics
+        run["segments"] = segment_metrics(results, request_rate)
+    return run
