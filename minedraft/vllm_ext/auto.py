@@ -355,15 +355,25 @@ class AutoPolicy:
         key = ("cal", *choice, OnlineCurve._bin(n))
         if key not in self._cache:
             b = key[-1]
-            own = self.samples.get((*choice, b))
+            own = self._fresh(self.samples.get((*choice, b)))
             windows = [own] if own else [w for (kind, k, bb), w in self.samples.items()
-                                         if (kind, k) == choice and b <= 2 * bb <= 4 * b]
+                                         if (kind, k) == choice and b <= 2 * bb <= 4 * b
+                                         and self._fresh(w)]
             sums = [v for w in windows for v in w.by_n.items()]
             predicted = sum(out / self._model_rate(choice, m) for m, (_, out, _) in sums
                             if self._model_rate(choice, m) > 0)
             measured = self.costs.pace * sum(ms for _, (_, _, ms) in sums)
             self._cache[key] = predicted / measured if predicted and measured else None
         return self._cache[key]
+
+    def _fresh(self, window: "_Steps | None") -> "_Steps | None":
+        """`window` unless its latest step is more than STALE steps old: a calibration not
+        renewed for that long no longer ranks its choice, which the cost model alone ranks
+        again (a trial first, see `_switch`). At 4 in flight a low calibration of k = 1, learnt
+        while poorly accepted requests ran, held plain decoding for 476 steps (18 s of 159)
+        where k = 1 would have made ~13% more: a choice ranked low is not run, so its
+        calibration was never renewed (benchmarks/auto_fixed_load/small_batch)."""
+        return window if window and self.steps - window.last <= STALE else None
 
     def rate(self, choice: tuple[str, int], n: int) -> float:
         """Output tokens per ms that `choice` is ranked by, for `n` decoding requests: the cost
