@@ -29,8 +29,11 @@ prompts, whose cost is the same for every choice), so what the cost model misses
 processes slowing each other, costs that depend on k) is measured, not assumed. The prediction
 is re-read from the model as it is now, and each step's time is scaled by the pace then and
 now: a calibration learnt while the curves were still wrong, or during a slow spell, would
-otherwise outlive the mistake it corrected; one not renewed for STALE steps starts afresh
-(a choice predicted far worse is not re-explored, and would never be re-measured). A bin
+otherwise outlive the mistake it corrected; one that runs again after STALE steps without
+starts afresh. An old calibration still ranks its choice until then: made to expire (a trial
+once the cost model alone ranked the choice best), it brought back a trial per batch size every
+STALE steps, and under a changing load near capacity those trials (39 at 4-6 decoding) made
+auto lose to plain decoding in two runs of two (benchmarks/auto_low_high/expiry). A bin
 where the choice never ran borrows the steps of the bins within a factor of 2; beyond them
 the cost model alone ranks it (the misses of batch 4 say nothing of batch 128). At one or two
 requests decoding a drafting choice's steps count only while their requests still run: their
@@ -355,25 +358,15 @@ class AutoPolicy:
         key = ("cal", *choice, OnlineCurve._bin(n))
         if key not in self._cache:
             b = key[-1]
-            own = self._fresh(self.samples.get((*choice, b)))
+            own = self.samples.get((*choice, b))
             windows = [own] if own else [w for (kind, k, bb), w in self.samples.items()
-                                         if (kind, k) == choice and b <= 2 * bb <= 4 * b
-                                         and self._fresh(w)]
+                                         if (kind, k) == choice and b <= 2 * bb <= 4 * b]
             sums = [v for w in windows for v in w.by_n.items()]
             predicted = sum(out / self._model_rate(choice, m) for m, (_, out, _) in sums
                             if self._model_rate(choice, m) > 0)
             measured = self.costs.pace * sum(ms for _, (_, _, ms) in sums)
             self._cache[key] = predicted / measured if predicted and measured else None
         return self._cache[key]
-
-    def _fresh(self, window: "_Steps | None") -> "_Steps | None":
-        """`window` unless its latest step is more than STALE steps old: a calibration not
-        renewed for that long no longer ranks its choice, which the cost model alone ranks
-        again (a trial first, see `_switch`). At 4 in flight a low calibration of k = 1, learnt
-        while poorly accepted requests ran, held plain decoding for 476 steps (18 s of 159)
-        where k = 1 would have made ~13% more: a choice ranked low is not run, so its
-        calibration was never renewed (benchmarks/auto_fixed_load/small_batch)."""
-        return window if window and self.steps - window.last <= STALE else None
 
     def rate(self, choice: tuple[str, int], n: int) -> float:
         """Output tokens per ms that `choice` is ranked by, for `n` decoding requests: the cost
