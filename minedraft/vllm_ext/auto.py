@@ -526,7 +526,7 @@ class AutoPolicy:
 
     def _untried(self, choice: tuple[str, int], n: int) -> bool:
         """`choice` drafts, has not run near batch size `n` (no calibration) and had no trial
-        there in the last STALE steps (a trial's calibration is gone by then too): only the
+        there in the last STALE steps (its trial's steps may be gone: see `_forget`): only the
         cost model, extrapolated, speaks for it."""
         return (choice[0] != "none" and self.calibration(choice, n) is None
                 and self.steps - self.tried.get((choice, OnlineCurve._bin(n)), -STALE) >= STALE)
