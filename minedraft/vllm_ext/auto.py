@@ -6,8 +6,9 @@ requests, with the cost model the simulator and the advisor use (minedraft.core.
 `step_rate`, `best_step`), fed by online estimates learnt from this engine's own steps:
 
 - the target's step time without drafts by requests (from steps that only decode: a decode step
-  costs less than a verification of as many tokens), and by tokens otherwise (steps that also
-  prefill prompts teach nothing: see `OnlineCosts.observe_step`),
+  costs less than a verification of as many tokens; beyond the sizes decoded, the verification
+  curve's shape: `OnlineCosts.decode`), and by tokens otherwise (steps that also prefill
+  prompts teach nothing: see `OnlineCosts.observe_step`),
 - the drafter's round time by requests and k (from every round),
 - each kind's overhead (step time beyond its modelled parts),
 - the target's pace: its recent steps' time over their size bin's reference time (a median;
@@ -43,8 +44,9 @@ are medians of recent steps: single steps spike (arrivals, garbage collection).
 It starts on plain decoding. A cost profile (`auto_profile`) seeds the estimates; without one
 the policy explores first (every kind and k_max for a few steps each), then re-explores now and
 then so that estimates of the choices that could still win (predicted within `PLAUSIBLE` of the
-best) stay current; choices predicted far worse are not paid for again (nor further in the
-initial exploration, once REEXPLORE of their steps are measured). A re-exploration waits at
+best), and plain decoding's where it has not run, stay current; choices predicted far worse
+are not paid for again (nor further in the initial exploration, once REEXPLORE of their steps
+are measured). A re-exploration waits at
 least REEXPLORE_EVERY steps, and until its predicted cost is at most EXPLORE_SHARE of the time
 since the last one: its steps' shortfall against the best, plus the drafter's catch-up when it
 drafts (steps without drafts do not send the drafter the tokens they decode, so after a long
@@ -167,18 +169,23 @@ class OnlineCosts:
 
     # the interface of minedraft.core.costmodel.step_rate
     def decode(self, batch: float) -> float:
-        """A step without drafts for `batch` requests, ms: the decode-only curve; while it has
-        a single size, the verification curve scaled to it (one point has no slope); before
-        any decode-only step, the verification curve."""
+        """A step without drafts for `batch` requests, ms: the decode-only curve up to the
+        largest size it measured; beyond it (or while it has a single size), the verification
+        curve scaled to its largest size; before any decode-only step, the verification curve.
+        Beyond, because the decode-only curve's slope comes from a few small sizes, often from
+        the engine's first steps (slower: shapes warming up), while every drafting step adds to
+        the verification curve: extrapolated from its own points, a decode step of 20 requests
+        was predicted several times its cost, plain decoding was never tried near capacity,
+        and auto drafted there throughout (benchmarks/auto_low_high/all_modes)."""
         return self.pace * self._decode_at_pace_one(batch)
 
     def _decode_at_pace_one(self, batch: float) -> float:
         plain = self.plain
         if not plain.seen:
             return plain(batch) if plain.prior else self.target(batch)
-        if len(plain.bins) > 1 or not self.target.seen:
+        size, ms = max(plain.points())
+        if not self.target.seen or (batch <= size and len(plain.bins) > 1):
             return plain(batch)
-        (size, ms), = plain.points()
         base = self.target(size)
         return self.target(batch) * ms / base if base > 0 else ms
 
@@ -533,13 +540,18 @@ class AutoPolicy:
 
     def _reexploration(self, n: int, backlog: int) -> list[tuple[str, int]] | None:
         """REEXPLORE steps of each choice that could win (predicted within PLAUSIBLE of the
-        best), or None while they would cost more than EXPLORE_SHARE of the time since the last
-        re-exploration: ms their output takes beyond the best's rate, plus the drafter's catch-up
-        on `backlog` tokens when they draft (see the module docstring)."""
+        best) and of plain decoding if it has not run near `n` (a drafting choice in that case
+        gets a trial before auto switches to it, see `_switch`; plain decoding, predicted too
+        slow, would otherwise never be measured there), or None while they would cost more than
+        EXPLORE_SHARE of the time since the last re-exploration: ms their output takes beyond
+        the best's rate, plus the drafter's catch-up on `backlog` tokens when they draft (see
+        the module docstring)."""
         best = self._best(n)
         top = self.predicted["best"]
+        plain = ("none", 0)
         plan = [c for c in self._exploration(REEXPLORE) if c != best
-                and self.rate(c, n) >= PLAUSIBLE * top]
+                and (self.rate(c, n) >= PLAUSIBLE * top
+                     or c == plain and self.calibration(plain, n) is None)]
         if top <= 0 or not plan:
             return plan
         cost = sum(n / self.rate(c, n) - n / top for c in plan)

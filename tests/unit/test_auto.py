@@ -691,3 +691,47 @@ def test_steps_of_finished_requests_leave_a_small_batch_calibration_only():
     assert policy.calibration(("sequential", 3), 2) is None
     assert policy.calibration(("sequential", 3), 4) is not None
     assert policy.calibration(("none", 0), 1) is not None
+
+
+def test_plain_decoding_beyond_the_sizes_it_ran_at_follows_the_verification_curve():
+    """Decode-only steps at 1 and 4 requests, the latter from the engine's first (slower)
+    steps, and verifications of up to 80 tokens from drafting steps: a decode step of 20
+    requests is predicted from the verification curve's shape, scaled at 4 requests (within 25%
+    of its true cost), not by extending the two decode points' slope (1.9x its cost: then plain
+    decoding looked too slow near capacity to be tried, and auto drafted there throughout)."""
+    true = profile(verify=lambda t: 20.0 + 0.5 * t, decode=lambda b: 18.0 + 0.5 * b,
+                   draft=lambda b, k: 2.0 * k)
+    costs = OnlineCosts(3)
+    for batch, ms in ((1, 18.5), (4, 24.0)):  # (true at 4: 20 ms)
+        for _ in range(3):
+            costs.observe_step(StepRecord(kind="none", verify=batch, tokens=batch,
+                                          verify_ms=ms, step_ms=ms + 1.0))
+    for batch in (1, 2, 5, 10, 20):  # sequential steps, k = 3
+        tokens = 4 * batch
+        for _ in range(3):
+            costs.observe_step(StepRecord(kind="sequential", k=3, verify=batch, tokens=tokens,
+                                          drafted_tokens=3 * batch, verify_ms=true.verify(tokens),
+                                          draft_ms=6.0, step_ms=true.verify(tokens) + 7.0))
+    assert costs.decode(20) == pytest.approx(true.decode(20), rel=0.25)
+    assert costs.decode(2) == pytest.approx(18.5 + 5.5 / 3, rel=0.01)  # between its own points
+    slope = (24.0 - 18.5) / 3
+    assert 24.0 + 16 * slope > 1.8 * true.decode(20)  # the mistake this test guards against
+
+
+def test_plain_decoding_never_run_near_this_batch_size_is_reexplored():
+    """Plain decoding predicted far too slow at 16 requests (a profile's decode curve four times
+    too steep; online, a slope from a few slow first steps) is below PLAUSIBLE of the best and
+    would never be measured there: a re-exploration includes it while it has not run near the
+    batch size, and auto then settles on it (the best choice on this engine)."""
+    true = profile(verify=lambda t: 20.0 + 0.5 * t, decode=lambda b: 18.0 + 0.5 * b,
+                   draft=lambda b, k: k * (2.0 + 0.5 * b))
+    wrong = profile(verify=true.verify, decode=lambda b: 18.0 + 4.0 * b,
+                    draft=lambda b, k: k * (2.0 + 0.5 * b))
+    assert best_step(true, 16, 3)[0] == "none"
+    assert step_rate(wrong, "none", 16, 0) < PLAUSIBLE * best_step(wrong, 16, 3)[2] / (1 + MARGIN)
+    policy = AutoPolicy(3, wrong)
+    choices = run_synthetic(policy, true, batch=16, steps=3 * REEXPLORE_EVERY)
+    first = choices.index(("none", 0))
+    assert REEXPLORE_EVERY - 1 <= first < REEXPLORE_EVERY + MIN_DWELL + CATCH_UP_STEPS
+    assert policy.current == ("none", 0)
+    assert choices[-MIN_DWELL:] == [("none", 0)] * MIN_DWELL
