@@ -718,11 +718,11 @@ def test_plain_decoding_beyond_the_sizes_it_ran_at_follows_the_verification_curv
     assert 24.0 + 16 * slope > 1.8 * true.decode(20)  # the mistake this test guards against
 
 
-def test_plain_decoding_never_run_near_this_batch_size_is_reexplored():
+def test_plain_decoding_predicted_too_slow_is_reexplored():
     """Plain decoding predicted far too slow at 16 requests (a profile's decode curve four times
-    too steep; online, a slope from a few slow first steps) is below PLAUSIBLE of the best and
-    would never be measured there: a re-exploration includes it while it has not run near the
-    batch size, and auto then settles on it (the best choice on this engine)."""
+    too steep; online, the engine's first steps, slower than the rest) is below PLAUSIBLE of the
+    best and would never be measured again: re-explorations include it always, and auto then
+    settles on it (the best choice on this engine)."""
     true = profile(verify=lambda t: 20.0 + 0.5 * t, decode=lambda b: 18.0 + 0.5 * b,
                    draft=lambda b, k: k * (2.0 + 0.5 * b))
     wrong = profile(verify=true.verify, decode=lambda b: 18.0 + 4.0 * b,
