@@ -174,9 +174,9 @@ class OnlineCosts:
         curve scaled to its largest size; before any decode-only step, the verification curve.
         Beyond, because the decode-only curve's slope comes from a few small sizes, often from
         the engine's first steps (slower: shapes warming up), while every drafting step adds to
-        the verification curve: extrapolated from its own points, a decode step of 20 requests
-        was predicted several times its cost, plain decoding was never tried near capacity,
-        and auto drafted there throughout (benchmarks/auto_low_high/all_modes)."""
+        the verification curve: extrapolated from its own points, a decode step of 16-25
+        requests was predicted at 30 ms against 60-84 measured, in a replay of a changing-load
+        run (benchmarks/auto_low_high/all_modes/replay_decode.py)."""
         return self.pace * self._decode_at_pace_one(batch)
 
     def _decode_at_pace_one(self, batch: float) -> float:
@@ -545,7 +545,7 @@ class AutoPolicy:
         plus the drafter's catch-up on `backlog` tokens when they draft (see the module
         docstring). Plain decoding always: predicted too slow, it was otherwise not measured
         again, and its estimate could stay what the engine's first (slow) steps made it; with
-        it, near capacity, auto drafted throughout at 1.6x plain decoding's latency
+        it, near capacity, auto drafted throughout at 1.5x plain decoding's latency
         (benchmarks/auto_low_high/decode_shape). Its steps cost little where drafting pays
         (two steps at 0.8x the rate, every REEXPLORE_EVERY steps or more)."""
         best = self._best(n)
