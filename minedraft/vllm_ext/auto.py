@@ -115,14 +115,15 @@ class OnlineCurve:
         x = max(1, int(round(x)))
         return x if x <= 8 else 1 << (x - 1).bit_length()
 
-    def observe(self, x: float, ms: float) -> None:
-        """Fold one measurement (size, ms) into its bin."""
+    def observe(self, x: float, ms: float, reference: bool = True) -> None:
+        """Fold one measurement (size, ms) into its bin (and into the bin's reference while it
+        has none, if `reference`)."""
         b = self._bin(x)
         window = self.window.setdefault(b, collections.deque(maxlen=WINDOW))
         window.append((x, ms))
         self.bins[b] = statistics.median(t for _, t in window)
         self._curve = None
-        if b not in self.reference:
+        if reference and b not in self.reference:
             first = self._first.setdefault(b, [])
             first.append(ms)
             if len(first) == REFERENCE:
@@ -158,7 +159,8 @@ class OnlineCosts:
         self.overheads = {kind: (p.overhead_ms(kind) if p else 0.0)
                           for kind in ("none", "sequential", "psd")}
         self.pace = 1.0  # the target's recent times over their bins' reference times
-        self._paces: collections.deque = collections.deque(maxlen=WINDOW)
+        self._paces: collections.deque = collections.deque(maxlen=WINDOW)  # (step, ratio)
+        self._observed = 0  # steps observed
         self._excess = {kind: collections.deque(maxlen=WINDOW) for kind in self.overheads}
         self._intake: collections.deque = collections.deque(maxlen=WINDOW)  # drafter ms/token
         # per position i: verifications that reached it (all drafts before it accepted) and
@@ -243,11 +245,14 @@ class OnlineCosts:
             curve, size = self.plain, r.verify
         else:
             curve, size = self.target, tokens
+        self._observed += 1
         reference = curve.reference.get(OnlineCurve._bin(size))  # its own bin's, as stored
         if reference:  # (interpolating at `size` would bias sizes between two bins' keys)
-            self._paces.append(r.verify_ms / reference)
-            self.pace = statistics.median(self._paces)
-        curve.observe(size, r.verify_ms / self.pace)
+            while self._paces and self._paces[0][0] < self._observed - 2 * WINDOW:
+                self._paces.popleft()  # another moment's speed
+            self._paces.append((self._observed, r.verify_ms / reference))
+            self.pace = statistics.median(p for _, p in self._paces)
+        curve.observe(size, r.verify_ms / self.pace, reference=self.pace_fresh())
         if r.kind == "psd":
             critical = max(r.draft_ms or 0.0, r.verify_ms)
         elif r.kind == "sequential":
@@ -256,6 +261,22 @@ class OnlineCosts:
             critical = r.verify_ms
         self._excess[r.kind].append(max(0.0, r.step_ms - critical))
         self.overheads[r.kind] = statistics.median(self._excess[r.kind])
+
+    def pace_fresh(self) -> bool:
+        """The pace was measured within the last WINDOW steps (or nothing has a reference yet,
+        and the pace is 1 by definition): only then may a step add to a bin's reference. A
+        stale pace is another moment's: at 4 in flight, a slow spell of plain decoding (44 ms
+        steps against 25) left it at 1.37 when auto switched to sequential k = 2, whose 12-token
+        verifications had no reference yet; their reference took that pace for good, from then
+        on their usual speed read as pace 1.3-1.6, plain decoding was predicted 1.4x slower than
+        it was (88 tok/s against 132-160 measured in its re-explorations) and auto drafted in
+        685 of 1100 steps at 0.85-0.95x plain decoding's rate
+        (benchmarks/auto_fixed_load/stale_pace). Plain decoding's next steps (a re-exploration,
+        or `AutoPolicy._anchor`) measure the pace again (older observations are dropped then,
+        see `observe_step`), and the new bin's reference is taken from its steps that follow."""
+        if not self._paces:
+            return not (self.plain.reference or self.target.reference)
+        return self._paces[-1][0] >= self._observed - WINDOW
 
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:
         """(draft tokens, accepted) of each request verified with drafts in a step."""
@@ -322,6 +343,7 @@ class AutoPolicy:
         # model as it is now
         self.samples: dict[tuple, _Steps] = {}
         self.explored_at = 0  # the step count at the latest re-exploration
+        self.anchored_at = 0  # and at the latest `_anchor`
         self.since_ms = 0.0  # the time steps have taken since then (or since a trial)
         self.elapsed_ms = 0.0  # the time all steps have taken
         self.explore_spent_ms = 0.0  # measured: what exploring steps took beyond `current`
@@ -412,6 +434,9 @@ class AutoPolicy:
             plan = self._reexploration(n_decoding, backlog())
             if plan is not None:
                 self.explore, self.explored_at, self.since_ms = plan, self.steps, 0.0
+        elif not self.explore and self._anchor(n_decoding):
+            self.explore, self.anchored_at, self.since_ms = [("none", 0)] * REEXPLORE, \
+                self.steps, 0.0
         self._n = n_decoding
         self._prune(n_decoding)
         if not self._may_explore(n_decoding, prefill, backlog):
@@ -558,6 +583,23 @@ class AutoPolicy:
         if any(kind != "none" for kind, _ in plan):
             cost += self.costs.intake_ms(backlog)
         return plan if self._affordable(cost) else None
+
+    def _anchor(self, n: int) -> bool:
+        """REEXPLORE steps of plain decoding are due to measure the target's pace: the current
+        choice drafts, the pace is stale (its steps fall in bins without a reference yet, see
+        `OnlineCosts.pace_fresh`), MIN_DWELL steps have passed since the last such anchor and
+        the budget allows them. A slow spell of 5 plain-decoding steps (45 ms against 27) raised
+        the pace to 1.5, which made drafting (whose drafter rounds it does not scale) look
+        better; with the pace stale from then on, auto drafted for 200 steps, until the next
+        re-exploration, at 0.85-0.95x plain decoding's rate (benchmarks/auto_fixed_load/
+        stale_pace)."""
+        if self.current[0] == "none" or self.costs.pace_fresh() \
+                or self.steps - self.anchored_at < MIN_DWELL:
+            return False
+        self._best(n)
+        plain, top = self.rate(("none", 0), n), self.predicted["best"]
+        cost = REEXPLORE * max(0.0, n / plain - n / top) if plain > 0 and top > 0 else 0.0
+        return self._affordable(cost)
 
     def _affordable(self, cost_ms: float) -> bool:
         """Exploring for `cost_ms` more stays within EXPLORE_SHARE of the time since the last."""

@@ -18,7 +18,8 @@ from minedraft.core.messages import vocab_fingerprint
 from minedraft.core.trace import StepRecord, read_trace
 from minedraft.vllm_ext.auto import (CAL_WINDOW, CATCH_UP_STEPS, EXPLORE, EXPLORE_SHARE,
                                      HYSTERESIS, MARGIN, MIN_DWELL, PLAUSIBLE, REEXPLORE,
-                                     REEXPLORE_EVERY, STALE, AutoPolicy, OnlineCosts, OnlineCurve)
+                                     REEXPLORE_EVERY, STALE, WINDOW, AutoPolicy, OnlineCosts,
+                                     OnlineCurve)
 from minedraft.vllm_ext import auto
 from minedraft.vllm_ext.step import PSDSchedulerMixin
 
@@ -339,6 +340,60 @@ def test_the_pace_stays_one_on_a_machine_that_keeps_its_speed():
                                       draft_ms=5.0, step_ms=26.0 + tokens))
     assert costs.pace == pytest.approx(1.0, abs=0.005)
     assert costs.verify(8) == pytest.approx(28.0, rel=0.01)
+
+
+def test_a_new_bin_does_not_take_its_reference_from_a_stale_pace():
+    """Plain decoding at 4 requests (25 ms), a slow spell (40 ms: the pace rises to 1.6), then
+    only sequential k = 2 (12-token verifications, a bin without a reference, 40 ms at the usual
+    speed) with plain decoding's re-explorations (2 steps at 25 ms) every 100 steps: the
+    verification bin's reference must come from steps timed at a fresh pace, else their usual
+    speed reads as the spell's pace for good and plain decoding is predicted 1.6x slower than
+    it is (at 4 in flight auto then drafted in 685 of 1100 steps at 0.85-0.95x its rate)."""
+    costs = OnlineCosts(3)
+    plain = lambda ms: StepRecord(kind="none", verify=4, tokens=4, verify_ms=ms,  # noqa: E731
+                                  step_ms=ms + 1.0)
+    for ms in [25.0] * 60 + [40.0] * 30:
+        costs.observe_step(plain(ms))
+    assert costs.pace == pytest.approx(1.6)
+    for _ in range(5):
+        for _ in range(100):
+            costs.observe_step(StepRecord(kind="sequential", k=2, verify=4, tokens=12,
+                                          drafted_tokens=8, verify_ms=40.0, draft_ms=20.0,
+                                          step_ms=62.0))
+        for _ in range(2):
+            costs.observe_step(plain(25.0))
+    assert costs.target.reference  # (it was fixed, at the fresh pace)
+    assert costs.pace == pytest.approx(1.0, abs=0.05)
+    assert costs.decode(4) == pytest.approx(25.0, rel=0.05)
+
+
+def test_a_stale_pace_while_drafting_brings_plain_decoding_steps_to_measure_it():
+    """Auto drafts (sequential k = 2, 12-token verifications, a bin without a reference) after
+    plain decoding: the pace goes stale after WINDOW steps, and MIN_DWELL steps after the last
+    anchor plain decoding gets REEXPLORE steps to measure it again (else a pace raised by a
+    5-step slow spell held auto in drafting for 200 steps, until the next re-exploration);
+    once measured, none are due."""
+    policy = AutoPolicy(2)
+    policy.explore = []
+    plain = StepRecord(kind="none", verify=4, tokens=4, verify_ms=25.0, step_ms=26.0)
+    sequential = StepRecord(kind="sequential", k=2, verify=4, tokens=12, drafted_tokens=8,
+                            verify_ms=40.0, draft_ms=20.0, step_ms=61.0)
+    for _ in range(30):
+        policy.observe_step(plain)
+    policy.observe_round(4, 2, 20.0)
+    for _ in range(20):  # every draft accepted: sequential k = 2 is the best choice
+        policy.observe_drafts([(2, 2)] * 4)
+    policy.settled, policy.current = True, ("sequential", 2)
+    for _ in range(WINDOW):
+        policy.observe_step(sequential)
+    assert policy.costs.pace_fresh()  # (the last plain step was WINDOW steps ago)
+    policy.observe_step(sequential)
+    assert not policy.costs.pace_fresh()
+    policy.steps = MIN_DWELL - 2
+    assert policy.choose(4) == ("sequential", 2)  # not before MIN_DWELL steps
+    assert [policy.choose(4) for _ in range(REEXPLORE)] == [("none", 0)] * REEXPLORE
+    policy.observe_step(plain)
+    assert policy.costs.pace_fresh() and not policy._anchor(4)
 
 
 def test_a_bin_is_read_at_the_sizes_it_measured():
