@@ -19,7 +19,9 @@ requests, with the cost model the simulator and the advisor use (minedraft.core.
   not run lately would otherwise be ranked by the speed of a quicker (or slower) moment. The
   reference is fixed because a pace measured against the times it scaled itself has nothing
   to hold it: on a machine of constant speed with 12% noise per step it wandered 30-45% from
-  1 within 2500 steps, mis-ranking every choice not running,
+  1 within 2500 steps, mis-ranking every choice not running. A pace not measured lately is
+  stale: it fixes no bin's reference, and plain-decoding steps measure it again
+  (`OnlineCosts.pace_fresh`, `AutoPolicy._anchor`),
 - acceptance per draft position (from every verification with drafts).
 
 Each (kind, k) also carries a calibration per batch-size bin: over its last CAL_WINDOW steps
@@ -263,8 +265,9 @@ class OnlineCosts:
         self.overheads[r.kind] = statistics.median(self._excess[r.kind])
 
     def pace_fresh(self) -> bool:
-        """The pace was measured within the last WINDOW steps (or nothing has a reference yet,
-        and the pace is 1 by definition): only then may a step add to a bin's reference. A
+        """The pace was measured within the last WINDOW observed steps (those that do not also
+        prefill prompts), or nothing has a reference yet (the pace is 1 by definition): only
+        then may a step add to a bin's reference. A
         stale pace is another moment's: at 4 in flight, a slow spell of plain decoding (44 ms
         steps against 25) left it at 1.37 when auto switched to sequential k = 2, whose 12-token
         verifications had no reference yet; their reference took that pace for good, from then
