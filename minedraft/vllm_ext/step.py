@@ -40,6 +40,8 @@ from minedraft.vllm_ext.settings import PSDSettings
 
 logger = logging.getLogger("minedraft.scheduler")
 
+TRACE_WRITE_S = 1.0  # while requests run, the trace is written at most this often
+
 
 @dataclass
 class Round:
@@ -76,6 +78,8 @@ class PSDSchedulerMixin:
         self.wait_ms = 0.0  # how long the current step blocked for drafts
         self._verify_start = 0.0
         self._trace = open(s.trace_path, "ab", buffering=0) if s.trace_path else None
+        self._trace_lines: list[bytes] = []  # records not written yet (see `_close_step`)
+        self._trace_written = time.perf_counter()
         command = None if s.draft_address else drafter_command(
             s.draft, "{address}", cores=s.draft_cores, dtype=s.draft_dtype,
             max_model_len=self.max_model_len, backend=s.backend,
@@ -331,23 +335,31 @@ class PSDSchedulerMixin:
         self.step_index += 1
         if not self.has_unfinished_requests():  # idle: this step's record is complete now
             self._collect_round()
-            self._close_step(time.perf_counter())
+            self._close_step(time.perf_counter(), idle=True)
         return outputs
 
-    def _close_step(self, now: float) -> None:
-        """Write the last step's record, now that its drafting time and length are known."""
+    def _close_step(self, now: float, idle: bool = False) -> None:
+        """Close the last step's record, now that its drafting time and length are known, and
+        write the records kept so far to the trace when the engine goes `idle` or TRACE_WRITE_S
+        after the last write. Not one write per step: in the engine core a step's write took
+        0.5 ms (cProfile, 4 in flight, 1500 steps), 2% of a 25 ms step at 4 in flight, paid by
+        every step of every mode. Readers (bench, /metrics) see the records of a run once it
+        is idle, and while it runs at most TRACE_WRITE_S late."""
         rec, self.record = self.record, None
-        if rec is None:
-            return
-        rec.step_ms = 1000 * (now - rec.start_s)
-        self.policy.observe_step(rec)
-        if self._trace is not None:
-            self._trace.write(encode_record(rec))
+        if rec is not None:
+            rec.step_ms = 1000 * (now - rec.start_s)
+            self.policy.observe_step(rec)
+            if self._trace is not None:
+                self._trace_lines.append(encode_record(rec))
+        if self._trace_lines and (idle or now - self._trace_written >= TRACE_WRITE_S):
+            self._trace.write(b"".join(self._trace_lines))
+            self._trace_lines.clear()
+            self._trace_written = now
 
     def shutdown(self) -> None:
         """Finish the last record, stop the drafter, then vLLM's shutdown."""
         self._collect_round()
-        self._close_step(time.perf_counter())
+        self._close_step(time.perf_counter(), idle=True)
         if self._trace is not None:
             self._trace.close()
         self.drafter.close()  # a drafter we started is killed at once: vLLM gives us seconds
