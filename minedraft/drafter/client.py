@@ -145,6 +145,7 @@ class DrafterClient:
         self.process = process  # None when the operator runs the drafter elsewhere
         self.timeout_s = timeout_s
         self.in_flight = False
+        self.replies = 0  # valid replies received, the hello's included
         self._sock = _zmq_context().socket(zmq.REQ)
         self._sock.connect(address)
 
@@ -187,6 +188,7 @@ class DrafterClient:
                     raise DrafterDown(f"malformed reply from the drafter: {exc}") from exc
                 if isinstance(reply, m.ErrorReply):
                     raise DrafterDown(f"drafter error: {reply.error}")
+                self.replies += 1
                 return reply
             self._check_alive()
             if time.monotonic() > deadline:
@@ -227,7 +229,8 @@ class DrafterSupervisor:
         self.target_vocab = target_vocab
         self.client: DrafterClient | None = None
         self.restarts = 0  # attempts after a failure (starts or reconnects)
-        self.failures = 0  # failures in a row (sets the backoff)
+        self.failures = 0  # failures in a row (0 while a drafter answers)
+        self._streak = 0  # failures since a drafter last answered a round (sets the backoff)
         self.generation = 0
         self.instance: str | None = None
         self.last_error: str | None = None
@@ -323,8 +326,12 @@ class DrafterSupervisor:
 
     def failed(self, exc: Exception) -> None:
         """The drafter in use failed: drop it (killing a process we started) and schedule the
-        next attempt."""
+        next attempt. The backoff starts afresh only if it had answered a round: one that
+        answers hello and dies at its first round (a crash on this machine's CPU, a bad
+        checkpoint) would otherwise restart every second for good."""
         if self.client is not None:
+            if self.client.replies > 1:
+                self._streak = 0
             self.client.close()
             self.client = None
         self._failed(f"PSD drafter failed ({exc}); serving without speculation")
@@ -332,8 +339,9 @@ class DrafterSupervisor:
     def _failed(self, message: str) -> None:
         self.last_error = message
         self.failures += 1
+        self._streak += 1
         first, longest = self.opt.backoff_s
-        wait = min(longest, first * 2 ** (self.failures - 1))
+        wait = min(longest, first * 2 ** (self._streak - 1))
         self._next_attempt = time.monotonic() + wait
         logger.error("%s%s", message, f"; next attempt in {wait:.0f} s" if self.opt.restart
                      else "; not restarting (restart_drafter is off)")

@@ -169,6 +169,25 @@ def test_backoff_doubles_up_to_its_cap_and_never_stops(monkeypatch):
     assert attempts and sup.restarts == 1
 
 
+def test_a_drafter_that_dies_at_its_first_round_backs_off_further_each_time():
+    """A drafter that answers hello and then dies at once (SIGILL on a CPU it cannot run on)
+    must not be restarted every second for good: only a round answered resets the backoff."""
+    d = FakeDrafter()
+    sup = DrafterSupervisor(options(address=d.address, backoff_s=(1.0, 8.0)), None)
+    waits = []
+    for rounds in [0, 0, 0, 1, 0]:
+        sup.start()
+        for i in range(rounds):
+            sup.client.send(m.Draft(k=2, reqs={f"r{i}": m.Tokens(0, [1, 2, 3])}))
+            assert isinstance(sup.client.receive(), m.DraftReply)
+        sup.failed(RuntimeError("drafter process exited with code -4"))
+        assert sup.failures == 1 or rounds == 0
+        waits.append(round(sup.retry_in_s))
+    assert waits == [1, 2, 4, 1, 2]
+    sup.close()
+    d.stop()
+
+
 def test_operators_drafter_goes_and_comes_back_at_the_same_address():
     d = FakeDrafter()
     address = d.address
@@ -263,6 +282,38 @@ def test_lean_backend_drafts_what_hugging_face_decodes_greedily(tiny_llama, kern
     assert drafts["long"] == greedy(long_prompt["long"], 2)
     backend.free(list(seqs))
     assert set(backend.cached) == set(backend.kv.tables) == {"long"}
+
+
+def test_amx_is_used_only_with_the_kernels_permission(monkeypatch):
+    """AMX tiles need arch_prctl permission first; refused, the vector kernel is used."""
+    import torch
+
+    from minedraft.drafter.backends import lean
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_init_amx", lambda: False)
+    kernel = lean._cpu_kernel(torch.bfloat16, 64)
+    assert kernel is not None and kernel.isa == "vec"
+    monkeypatch.setattr(torch.cpu, "_init_amx", lambda: True)
+    assert lean._cpu_kernel(torch.bfloat16, 64).isa == "amx"
+    assert lean._cpu_kernel(torch.float32, 64).isa == "vec"
+
+
+def test_the_int8_drafter_drafts_in_a_fresh_process(tiny_llama):
+    """int8 runs no bf16 matmul before its first attention, so nothing had asked for AMX
+    before vLLM's AMX kernel ran: on a Xeon with AMX the process died of SIGILL (exit -4) at
+    its first round. A fresh interpreter, as the drafter process is."""
+    import subprocess
+
+    path, _ = tiny_llama
+    code = ("from minedraft.drafter.backends.lean import LeanBackend; "
+            f"b = LeanBackend({str(path)!r}, quantization='int8', max_model_len=256); "
+            "d = b.draft({'a': list(range(1, 40)), 'b': [5, 6, 7]}, 3)[0]; "
+            "print(len(d['a']), len(d['b']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["3", "3"]
 
 
 def test_a_drafter_that_never_answers_hello_counts_as_failed(monkeypatch):

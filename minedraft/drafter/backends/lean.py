@@ -351,7 +351,12 @@ def _cpu_kernel(dtype, head_dim: int) -> _CpuKernel | None:
         return None
     if head_dim not in KERNEL_HEAD_DIMS or dtype not in (torch.bfloat16, torch.float32):
         return None
-    amx = torch.cpu._is_amx_tile_supported() and dtype == torch.bfloat16
+    # AMX tiles need the kernel's permission (arch_prctl) before their first instruction, or the
+    # process dies of SIGILL. vLLM's engine gets it from oneDNN's first bf16 matmul; the int8
+    # drafter runs no such matmul before its first attention (every draft on a fresh Xeon with
+    # AMX failed so), so it asks itself and falls back to the vector kernel when refused.
+    amx = (dtype == torch.bfloat16 and torch.cpu._is_amx_tile_supported()
+           and torch.cpu._init_amx())
     return _CpuKernel(ops, "amx" if amx else "vec", dtype)
 
 
