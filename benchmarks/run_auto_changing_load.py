@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 
@@ -31,7 +32,8 @@ def main() -> None:
     p.add_argument("--dynamic", default="1:4:2,5:16:1,17:256:0",
                    help="vLLM's dynamic speculation for sd@0: START:END:K batch-size ranges")
     p.add_argument("--modes", default="ar@0,sd-ext,psd,auto,sd-dyn@0",
-                   help="which runs (default: all)")
+                   help="which runs, in order; a label may repeat (each run starts a fresh "
+                        "engine; the summary gives medians per label)")
     p.add_argument("--verbose", action="store_true", help="vLLM's logs in the terminal")
     args = p.parse_args()
 
@@ -86,22 +88,43 @@ def main() -> None:
         except Exception as exc:  # vLLM refusing a configuration is a result too
             print(f"   {label} failed: {type(exc).__name__}: {exc}", flush=True)
             results.append({"label": label, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        res.pop("runs", None)
-        res.update(label=label, config=engine.config.to_dict())
-        results.append(res)
-        parts = " / ".join(f"{seg['mean_e2el_ms']:.0f}" for seg in res["segments"])
-        print(f"   {res['output_throughput_tok_s']:.1f} tok/s, mean E2EL "
-              f"{res['mean_e2el_ms']:.0f} ms (by part of the schedule: {parts}), "
-              f"TPOT {res['mean_tpot_ms']:.1f} ms", flush=True)
-    doc = {"runs": results, "schedule": schedule, "output_len": args.output_len,
-           "auto_steps": [{"t": r.start_s, "kind": r.kind, "k": r.k, "decoding":
-                           r.verify + r.draft + r.held} for r in auto_records if r.verify],
-           **provenance()}
-    (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+        else:
+            res.pop("runs", None)
+            res.update(label=label, config=engine.config.to_dict())
+            results.append(res)
+            parts = " / ".join(f"{seg['mean_e2el_ms']:.0f}" for seg in res["segments"])
+            print(f"   {res['output_throughput_tok_s']:.1f} tok/s, mean E2EL "
+                  f"{res['mean_e2el_ms']:.0f} ms (by part of the schedule: {parts}), "
+                  f"TPOT {res['mean_tpot_ms']:.1f} ms", flush=True)
+        doc = _document(results, schedule, args.output_len, auto_records, provenance())
+        # written after every run: a long sequence of runs keeps what it measured if it stops
+        (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+    for label, row in doc["summary"].items():
+        print(f"{label:>10}: {row['runs']} runs, median mean E2EL {row['mean_e2el_ms']:.0f} ms "
+              f"(by part: {' / '.join(f'{x:.0f}' for x in row['by_part_ms'])})")
     if auto_records:
         plot_auto_choices(doc["auto_steps"], out / "auto_choices.png")
     print(f"wrote {out / 'results.json'}")
+
+
+def _document(results: list, schedule: tuple, output_len: int, auto_records: list,
+              prov: dict) -> dict:
+    """The JSON written: every run, medians per label over its runs (mean E2E latency in ms,
+    overall and by part of the schedule) and the last auto run's steps."""
+    summary = {}
+    for label in dict.fromkeys(r["label"] for r in results if "error" not in r):
+        runs = [r for r in results if r["label"] == label and "error" not in r]
+        summary[label] = {
+            "runs": len(runs),
+            "mean_e2el_ms": statistics.median(r["mean_e2el_ms"] for r in runs),
+            "by_part_ms": [statistics.median(r["segments"][i]["mean_e2el_ms"] for r in runs)
+                           for i in range(len(schedule))],
+            "output_throughput_tok_s": statistics.median(r["output_throughput_tok_s"]
+                                                         for r in runs)}
+    return {"runs": results, "summary": summary, "schedule": schedule, "output_len": output_len,
+            "auto_steps": [{"t": r.start_s, "kind": r.kind, "k": r.k, "decoding":
+                            r.verify + r.draft + r.held} for r in auto_records if r.verify],
+            **prov}
 
 
 if __name__ == "__main__":
