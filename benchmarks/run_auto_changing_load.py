@@ -111,9 +111,12 @@ def _document(results: list, schedule: tuple, output_len: int, auto_records: lis
               prov: dict) -> dict:
     """The JSON written: every run, medians per label over its runs (mean E2E latency in ms,
     overall and by part of the schedule) and the last auto run's steps."""
+    by_label: dict[str, list] = {}
+    for r in results:
+        if "error" not in r:
+            by_label.setdefault(r["label"], []).append(r)
     summary = {}
-    for label in dict.fromkeys(r["label"] for r in results if "error" not in r):
-        runs = [r for r in results if r["label"] == label and "error" not in r]
+    for label, runs in by_label.items():
         summary[label] = {
             "runs": len(runs),
             "mean_e2el_ms": statistics.median(r["mean_e2el_ms"] for r in runs),

@@ -343,8 +343,9 @@ class PSDSchedulerMixin:
         write the records kept so far to the trace when the engine goes `idle` or TRACE_WRITE_S
         after the last write. Not one write per step: in the engine core that write took
         ~0.27 ms of every step in every mode (median `sched_ms` at 4 in flight 0.806 against
-        0.539 ms without it, about 1% of a step; benchmarks/auto_fixed_load/trace_batched). Readers (bench, /metrics) see the records of a run once it
-        is idle, and while it runs at most TRACE_WRITE_S late."""
+        0.539 ms without it, about 1% of a step; benchmarks/auto_fixed_load/trace_batched).
+        Readers (bench, /metrics) see the records of a run once it is idle, and while it runs
+        at most TRACE_WRITE_S late."""
         rec, self.record = self.record, None
         if rec is not None:
             rec.step_ms = 1000 * (now - rec.start_s)
