@@ -246,8 +246,10 @@ def format_map(m: dict) -> str:
     """Markdown tables of the map (throughput with best k, winner, ratios; paper protocol;
     latency at finite rates)."""
     labels = m["labels"]
-    lines = ["| C | " + " | ".join(labels) + " | winner | psd / sd-ext | psd / best other |",
-             "|---|" + "---|" * (len(labels) + 3)]
+    auto = any("auto_over_best_same_cores" in row for row in m["rows"])  # issue 15's measure
+    lines = ["| C | " + " | ".join(labels) + " | winner | psd / sd-ext | psd / best other |"
+             + (" auto / best of ar@0, sd-ext, psd |" if auto else ""),
+             "|---|" + "---|" * (len(labels) + 3 + auto)]
     for row in m["rows"]:
         cells = []
         for label in labels:
@@ -256,7 +258,8 @@ def format_map(m: dict) -> str:
             cells.append("-" if v is None else f"{v:.0f}" + (f" (k={k})" if k else ""))
         lines.append(f"| {row['concurrency']} | " + " | ".join(cells) +
                      f" | {row['winner']} | {_x(row.get('psd_over_sd_ext'))} | "
-                     f"{_x(row.get('psd_over_best_other'))} |")
+                     f"{_x(row.get('psd_over_best_other'))} |"
+                     + (f" {_x(row.get('auto_over_best_same_cores'))} |" if auto else ""))
     paper = [r for r in m["rows"] if "paper_psd_2c" in r]
     if paper:
         others = [x for x in labels if x not in ("psd",)]

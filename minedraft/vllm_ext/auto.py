@@ -9,7 +9,8 @@ requests, with the cost model the simulator and the advisor use (minedraft.core.
   costs less than a verification of as many tokens; beyond the sizes decoded, the verification
   curve's shape: `OnlineCosts.decode`), and by tokens otherwise (steps that also prefill
   prompts teach nothing: see `OnlineCosts.observe_step`),
-- the drafter's round time by requests and k (from every round),
+- the drafter's round time by requests and k (from every round; a k not run lately is read
+  from the nearest k that was, scaled by k: `OnlineCosts.draft_ms`),
 - each kind's overhead (step time beyond its modelled parts),
 - the target's pace: its recent steps' time over their size bin's reference time (a median;
   a bin's reference is the median of its first REFERENCE steps, fixed from then on). Both
@@ -131,6 +132,13 @@ class OnlineCurve:
             if len(first) == REFERENCE:
                 self.reference[b] = statistics.median(self._first.pop(b))
 
+    def restart(self, x: float) -> None:
+        """Drop the measurements of x's bin (its reference stays)."""
+        b = self._bin(x)
+        self.window.pop(b, None)
+        if self.bins.pop(b, None) is not None:
+            self._curve = None
+
     def __call__(self, x: float) -> float:
         if not self.bins:
             return self.prior(x) if self.prior else 0.0
@@ -158,6 +166,8 @@ class OnlineCosts:
         self.plain = OnlineCurve(p.decode if p else None)  # decode-only steps, ms by requests
         self.rounds = {k: OnlineCurve((lambda b, k=k: p.draft_ms(b, k)) if p else None)
                        for k in range(1, k_max + 1)}  # ms by requests drafted, per k
+        self._rounds_seen = 0  # drafter rounds observed
+        self._round_last = {k: 0 for k in self.rounds}  # k -> its latest round's number
         self.overheads = {kind: (p.overhead_ms(kind) if p else 0.0)
                           for kind in ("none", "sequential", "psd")}
         self.pace = 1.0  # the target's recent times over their bins' reference times
@@ -198,12 +208,20 @@ class OnlineCosts:
         return self.pace * self.target(tokens)
 
     def draft_ms(self, batch: float, k: int) -> float:
-        """A drafter round of `batch` requests and k tokens, ms (an unseen k scales the nearest
-        seen one by k)."""
+        """A drafter round of `batch` requests and k tokens, ms: k's own rounds if it ran among
+        the last WINDOW rounds; otherwise the nearest k that did, scaled by k (a round is about
+        k forward passes). A k not run lately keeps the medians of another moment: on the Xeon
+        at 1 request, k = 2's three rounds from the engine's first steps (28 ms) stood for the
+        whole run while k = 3's took 25 ms, and k = 4's (52 ms) from the initial exploration;
+        sequential k = 2 was then ranked below plain decoding, which auto chose in 168 of 1064
+        steps at 1 request where drafting made 1.2x its rate (measured 2026-12-03)."""
         seen = [kk for kk, c in self.rounds.items() if c.seen]
-        if k in seen or not seen:
+        if not seen:
             return self.rounds[k](batch)
-        near = min(seen, key=lambda kk: abs(kk - k))  # a round is about k forward passes
+        lately = [kk for kk in seen if self._round_last[kk] > self._rounds_seen - WINDOW]
+        if k in lately:
+            return self.rounds[k](batch)
+        near = min(lately, key=lambda kk: abs(kk - k))
         return self.rounds[near](batch) * k / near
 
     def overhead_ms(self, kind: str) -> float:
@@ -230,6 +248,10 @@ class OnlineCosts:
     def observe_round(self, batch: int, k: int, ms: float) -> None:
         """A drafter round of `batch` requests and k tokens took `ms`."""
         if batch and k in self.rounds:
+            if self._round_last[k] <= self._rounds_seen - WINDOW:  # back after a while:
+                self.rounds[k].restart(batch)  # its old rounds at this size are another moment's
+            self._rounds_seen += 1
+            self._round_last[k] = self._rounds_seen
             self.rounds[k].observe(batch, ms)
 
     def observe_step(self, r: StepRecord) -> None:

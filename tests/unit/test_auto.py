@@ -178,6 +178,27 @@ def test_policy_learns_the_costs_from_steps_alone():
     assert best_step(policy.costs, 8, 3)[:2] == ("none", 0)
 
 
+def test_a_draft_length_not_run_lately_is_priced_from_the_one_that_runs():
+    """Rounds of k = 2 from the engine's first (slow) steps do not price k = 2 once only k = 3
+    runs: it is read from k = 3's rounds, scaled by k, and when k = 2 runs again its old rounds
+    at that size are dropped. (Kept, as on the Xeon on 2026-12-03, they ranked sequential k = 2
+    below plain decoding at one request for a whole run.)"""
+    costs = OnlineCosts(4)
+    for _ in range(3):
+        costs.observe_round(1, 2, 28.0)
+    assert costs.draft_ms(1, 2) == pytest.approx(28.0)
+    assert costs.draft_ms(1, 4) == pytest.approx(56.0)  # never ran: the nearest, scaled
+    for _ in range(WINDOW):
+        costs.observe_round(1, 3, 24.0)
+    assert costs.draft_ms(1, 2) == pytest.approx(16.0)
+    assert costs.draft_ms(1, 3) == pytest.approx(24.0)
+    assert costs.draft_ms(1, 1) == pytest.approx(8.0)
+    costs.observe_round(1, 2, 17.0)  # back: its own rounds, without the old ones
+    assert costs.draft_ms(1, 2) == pytest.approx(17.0)
+    costs.observe_round(1, 2, 18.0)
+    assert costs.draft_ms(1, 2) == pytest.approx(17.5)
+
+
 def test_decode_steps_are_learnt_apart_from_verifications():
     """A step that only decodes b requests costs less than a verification of b tokens (no
     rejection sampling, fewer logits): the policy predicts plain decoding from decode steps, so

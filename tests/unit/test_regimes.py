@@ -43,7 +43,7 @@ def test_map_picks_each_modes_best_k_and_the_winner():
     assert rows[8]["auto_over_best_same_cores"] == pytest.approx(290 / 300)
     assert [(r["label"], r["k"]) for r in m["rates"]] == [("ar@0", None), ("psd", 2)]
     text = format_map(m)
-    assert "| 8 | 300 | 200 (k=1) | 250 (k=1) | 290 (k=2) | ar@0 | 1.25x | 0.83x |" in text
+    assert "| 8 | 300 | 200 (k=1) | 250 (k=1) | 290 (k=2) | ar@0 | 1.25x | 0.83x | 0.97x |" in text
 
 
 def test_map_files_and_validation(tmp_path):
