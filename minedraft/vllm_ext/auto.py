@@ -68,7 +68,11 @@ measured, the next one as predicted): with 160 requests arriving at once the exp
 in 3 s prefill steps and then at 160 decoding, where a step that drafts took 1-3 s against
 0.45 s without, and cost 17% of the throughput. A switch needs the new choice to be predicted at
 least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one when that was
-chosen for the same batch-size bin, so noise does not make it flap.
+chosen for the same batch-size bin, so noise does not make it flap. Choices are ranked for the
+largest number of requests decoding in the last MIN_DWELL steps: at a fixed load a finished
+request's successor takes a step or two to arrive and prefill, and ranked for that dip, auto
+drafted for the two steps of each, 39 times in a run at 4 in flight, each switch paying the
+drafter's catch-up (benchmarks/auto_fixed_load/dips).
 Seeded sampling under `auto` depends on load (the number of drafts per step does), as with
 vLLM's own dynamic speculation.
 """
@@ -375,6 +379,9 @@ class AutoPolicy:
         self._exploring = False  # the step chosen last explores
         self.waited = 0  # steps an exploring step that drafts has waited for the drafter
         self._n = 0  # requests decoding in the step chosen last
+        # requests decoding in the last MIN_DWELL steps: choices are ranked for the largest
+        # (a dip while finished requests' successors arrive and prefill is not a new load)
+        self._recent: collections.deque = collections.deque(maxlen=MIN_DWELL)
         self.tried: dict[tuple, int] = {}  # (choice, batch-size bin) -> step of its last trial
         self._cache: dict[tuple, float | None] = {}  # rates, calibrations: until an observation
         # choice, batch, rate, and the requests' ids where the calibration keeps them
@@ -463,9 +470,10 @@ class AutoPolicy:
             self.explore, self.anchored_at, self.since_ms = [("none", 0)] * REEXPLORE, \
                 self.steps, 0.0
         self._n = n_decoding
+        self._recent.append(n_decoding)
         self._prune(n_decoding)
         if not self._may_explore(n_decoding, prefill, backlog):
-            self._switch(n_decoding, backlog)  # (which may start a trial)
+            self._switch(max(self._recent), backlog)  # (which may start a trial)
         self._exploring = self._may_explore(n_decoding, prefill, backlog)
         self.waited = 0 if self._exploring or not self.catch_up() else self.waited + 1
         choice = self.explore.pop(0) if self._exploring else self.current

@@ -681,6 +681,27 @@ def test_a_choice_made_for_another_batch_size_is_not_held_for_the_dwell():
     assert best8 != first and policy.choose(8) == best8  # another bin: at once
 
 
+def test_a_dip_in_the_batch_while_successors_arrive_does_not_switch_the_choice():
+    """At a fixed load a finished request's successor takes a step or two to arrive and
+    prefill: choices are ranked for the largest batch of the last MIN_DWELL steps, so such a
+    dip does not switch to a choice that pays only at the smaller batch (at 4 in flight auto
+    drafted for the two steps of each dip, 39 times in a run, each switch paying the
+    drafter's catch-up); a batch that stays smaller is ranked for as soon as it has stayed
+    MIN_DWELL steps, and a larger one at once."""
+    # drafting pays while a step verifies at most 7 tokens: at 3 decoding (k = 1), not at 4
+    dip = profile(verify=lambda t: 20.0 if t <= 7 else 20.0 + 10.0 * (t - 7),
+                  decode=lambda b: 20.0, draft=lambda b, k: 1.0 * k)
+    policy = AutoPolicy(3, dip)
+    policy._untried = lambda choice, n: False  # (no trials: their subject is elsewhere)
+    assert policy._best(3) == ("sequential", 1) and policy._best(4) == ("none", 0)
+    assert [policy.choose(4) for _ in range(MIN_DWELL)] == [("none", 0)] * MIN_DWELL
+    assert [policy.choose(3) for _ in range(2)] == [("none", 0)] * 2  # the dip
+    assert policy.choose(4) == ("none", 0)
+    lower = [policy.choose(3) for _ in range(MIN_DWELL)]  # the load dropped
+    assert lower == [("none", 0)] * (MIN_DWELL - 1) + [("sequential", 1)]
+    assert policy.choose(4) == ("none", 0)  # and rose again: at once
+
+
 def _one_in_flight(policy: AutoPolicy, true, rates: list[float], tokens: int = 128,
                    with_ids: bool = True, seed: int = 0) -> list[tuple[int, str]]:
     """Requests one after another (1 in flight) on a synthetic engine with costs `true`;
