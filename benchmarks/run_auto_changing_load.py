@@ -6,11 +6,16 @@ and vLLM's own dynamic speculation (issue 15). Writes OUT/results.json and OUT/a
 Poisson arrivals whose rate steps low -> high -> low (--schedule RATE:COUNT,...), ShareGPT
 prompts, 64 output tokens (EOS ignored), bf16, the target on core 0 and the drafter on core 1
 (ar@0 and vLLM's sd on core 0 alone).
+
+With --phases C:COUNT,... the load is closed-loop instead: COUNT requests with C in flight,
+then the next phase on the same engine (each phase drains before the next starts). Then
+throughput is not set by the arrivals, and every mode's total tokens / total time compares.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -20,11 +25,42 @@ def parse_schedule(text: str) -> tuple:
     return tuple((float(r), int(n)) for r, n in (part.split(":") for part in text.split(",")))
 
 
+def run_phases(engine, requests: list, phases: tuple, output_len: int) -> dict:
+    """Closed-loop phases ((concurrency, count), ...) served in turn on one engine: the totals
+    (output tok/s = all tokens / the phases' summed durations, s; mean E2E latency, ms, over
+    all requests) and each phase's own metrics as "segments"."""
+    from minedraft.runtime.api import benchmark
+
+    segments, start = [], 0
+    for i, (concurrency, count) in enumerate(phases):
+        seg = benchmark(engine, requests[start:start + count], output_len=output_len,
+                        max_concurrency=int(concurrency), warmup=i == 0, progress=False)
+        seg.pop("runs", None)
+        segments.append(seg)
+        start += count
+    n = sum(s["num_requests"] for s in segments)
+    tokens = sum(s["total_output_tokens"] for s in segments)
+    duration = sum(s["duration_s"] for s in segments)
+    steps = {}
+    for s in segments:
+        for key in ("steps_per_kind", "steps_per_k"):
+            for name, count in (s.get(key) or {}).items():
+                steps.setdefault(key, {}).setdefault(name, 0)
+                steps[key][name] += count
+    return {"num_requests": n, "total_output_tokens": tokens, "duration_s": duration,
+            "output_throughput_tok_s": tokens / duration,
+            "mean_e2el_ms": sum(s["mean_e2el_ms"] * s["num_requests"] for s in segments) / n,
+            "mean_tpot_ms": sum(s["mean_tpot_ms"] * s["num_requests"] for s in segments) / n,
+            **steps, "segments": segments}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/auto", help="output folder")
     p.add_argument("--schedule", default="1:60,6:150,1:60",
                    help="RATE:COUNT segments, requests per second (default: 1:60,6:150,1:60)")
+    p.add_argument("--phases", default=None,
+                   help="CONCURRENCY:COUNT segments, closed-loop, instead of --schedule")
     p.add_argument("--output-len", type=int, default=64, help="tokens per request")
     p.add_argument("--sd-ext-k", type=int, default=2, help="k of sd-ext (its best in the map)")
     p.add_argument("--psd-k", type=int, default=2, help="k of psd (its best in the map)")
@@ -32,8 +68,9 @@ def main() -> None:
     p.add_argument("--dynamic", default="1:4:2,5:16:1,17:256:0",
                    help="vLLM's dynamic speculation for sd@0: START:END:K batch-size ranges")
     p.add_argument("--modes", default="ar@0,sd-ext,psd,auto,sd-dyn@0",
-                   help="which runs, in order; a label may repeat (each run starts a fresh "
-                        "engine; the summary gives medians per label)")
+                   help="which runs, in order (ar@0, sd-ext, psd, auto, sd-dyn@0; sd-ext:K and "
+                        "psd:K set k); a label may repeat (each run starts a fresh engine; the "
+                        "summary gives medians per label)")
     p.add_argument("--verbose", action="store_true", help="vLLM's logs in the terminal")
     args = p.parse_args()
 
@@ -48,7 +85,7 @@ def main() -> None:
     from minedraft.runtime.config import EngineConfig
     from minedraft.runtime.engine import Engine, default_draft
 
-    schedule = parse_schedule(args.schedule)
+    schedule = parse_schedule(args.phases or args.schedule)
     n = sum(count for _, count in schedule)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +106,10 @@ def main() -> None:
     requests = load_workload("sharegpt", tokenizer, n, max_prompt_len=2048 - args.output_len)
     results, auto_records = [], []
     for label in wanted:
-        config, special = runs[label]
+        base, _, k = label.partition(":")
+        config, special = runs[base]
+        if k:
+            config = dataclasses.replace(config, num_speculative_tokens=int(k))
         extra = None
         if special == "dynamic":
             dyn = [tuple(int(x) for x in part.split(":")) for part in args.dynamic.split(",")]
@@ -81,8 +121,11 @@ def main() -> None:
         try:
             with Engine(config, extra_args=extra) as engine:
                 offset = trace_size(engine.config.trace_path)
-                res = benchmark(engine, requests, output_len=args.output_len,
-                                request_rate=schedule, progress=False)
+                if args.phases:
+                    res = run_phases(engine, requests, schedule, args.output_len)
+                else:
+                    res = benchmark(engine, requests, output_len=args.output_len,
+                                    request_rate=schedule, progress=False)
                 if label == "auto":
                     auto_records = read_trace(engine.config.trace_path, offset)
         except Exception as exc:  # vLLM refusing a configuration is a result too
@@ -92,15 +135,18 @@ def main() -> None:
             res.pop("runs", None)
             res.update(label=label, config=engine.config.to_dict())
             results.append(res)
-            parts = " / ".join(f"{seg['mean_e2el_ms']:.0f}" for seg in res["segments"])
+            parts = " / ".join(f"{seg['mean_e2el_ms']:.0f} ms {seg['output_throughput_tok_s']:.1f}"
+                               f" tok/s" for seg in res["segments"])
             print(f"   {res['output_throughput_tok_s']:.1f} tok/s, mean E2EL "
-                  f"{res['mean_e2el_ms']:.0f} ms (by part of the schedule: {parts}), "
+                  f"{res['mean_e2el_ms']:.0f} ms (by part: {parts}), "
                   f"TPOT {res['mean_tpot_ms']:.1f} ms", flush=True)
         doc = _document(results, schedule, args.output_len, auto_records, provenance())
+        doc["closed_loop"] = bool(args.phases)
         # written after every run: a long sequence of runs keeps what it measured if it stops
         (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
     for label, row in doc["summary"].items():
-        print(f"{label:>10}: {row['runs']} runs, median mean E2EL {row['mean_e2el_ms']:.0f} ms "
+        print(f"{label:>10}: {row['runs']} runs, median {row['output_throughput_tok_s']:.1f} "
+              f"tok/s, mean E2EL {row['mean_e2el_ms']:.0f} ms "
               f"(by part: {' / '.join(f'{x:.0f}' for x in row['by_part_ms'])})")
     if auto_records:
         plot_auto_choices(doc["auto_steps"], out / "auto_choices.png")
@@ -123,7 +169,9 @@ def _document(results: list, schedule: tuple, output_len: int, auto_records: lis
             "by_part_ms": [statistics.median(r["segments"][i]["mean_e2el_ms"] for r in runs)
                            for i in range(len(schedule))],
             "output_throughput_tok_s": statistics.median(r["output_throughput_tok_s"]
-                                                         for r in runs)}
+                                                         for r in runs),
+            "by_part_tok_s": [statistics.median(r["segments"][i]["output_throughput_tok_s"]
+                                                for r in runs) for i in range(len(schedule))]}
     return {"runs": results, "summary": summary, "schedule": schedule, "output_len": output_len,
             "auto_steps": [{"t": r.start_s, "kind": r.kind, "k": r.k, "decoding":
                             r.verify + r.draft + r.held} for r in auto_records if r.verify],
