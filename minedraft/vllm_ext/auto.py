@@ -96,7 +96,10 @@ REFERENCE = 25  # a bin's first measurements, whose median is its reference for 
 CAL_WINDOW = 20  # steps per (choice, batch-size bin) in its calibration
 STALE = 2 * REEXPLORE_EVERY  # a calibration not added to for this many steps starts afresh
 EXPLORE_SHARE = 0.03  # re-explorations may cost at most this share of the time since the last
-MARGIN = 0.1  # drafting must be predicted this much faster than plain decoding to be chosen
+# drafting must be predicted this much faster than plain decoding to be chosen: 0.05, 0.1 and 0
+# interleaved on the Xeon at 1, 4 and 8 in flight, 0.05 was ahead at each
+# (benchmarks/regimes_xeon/margin)
+MARGIN = 0.05
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 CATCH_UP_STEPS = 2 * MIN_DWELL  # steps an exploring step waits for the drafter to catch up
 SMALL_BATCH = 2  # up to this many decoding, a step's acceptance is its requests' own (`_forget`)
@@ -436,7 +439,9 @@ class AutoPolicy:
         because what the model misses mostly favours drafting: measured on 2 CPU cores,
         steps that draft look 5-15% better than whole runs of them turn out
         (benchmarks/psd_efficiency), as the drafter's prompt prefills and the frontend share
-        its core."""
+        its core; the calibrations measure most of that, and at 10% auto passed over drafting
+        4-9% ahead of plain decoding at 1-4 in flight on a Xeon (benchmarks/regimes_xeon/
+        margin)."""
         cal = self.calibration(choice, n) or 1.0
         margin = 1.0 if choice[0] == "none" else 1.0 + MARGIN
         return self._model_rate(choice, n) * cal / margin

@@ -527,7 +527,7 @@ def test_a_reexploration_waits_until_it_costs_a_small_share_of_the_time():
     REEXPLORE_EVERY steps; with a catch-up of 5 s (10 000 tokens at 0.5 ms) it waits until that
     is at most EXPLORE_SHARE of the time since the last one, and then does come (a policy
     that never re-explored would never see the costs change)."""
-    true = profile(verify=lambda t: 20.0 + 0.5 * t, draft=lambda b, k: 8.0 * k)
+    true = profile(verify=lambda t: 20.0 + 0.5 * t, draft=lambda b, k: 9.0 * k)
     drafting = max(step_rate(true, kind, 8, k) for kind in ("sequential", "psd")
                    for k in (1, 2, 3))
     plain = step_rate(true, "none", 8, 0)
@@ -689,8 +689,8 @@ def test_a_dip_in_the_batch_while_successors_arrive_does_not_switch_the_choice()
     drafter's catch-up); a batch that stays smaller is ranked for as soon as it has stayed
     MIN_DWELL steps, and a larger one at once."""
     # drafting pays while a step verifies at most 7 tokens: at 3 decoding (k = 1), not at 4
-    dip = profile(verify=lambda t: 20.0 if t <= 7 else 20.0 + 10.0 * (t - 7),
-                  decode=lambda b: 20.0, draft=lambda b, k: 1.0 * k)
+    dip = profile(verify=lambda t: 20.0 if t <= 7 else 20.0 + 12.0 * (t - 7),
+                  decode=lambda b: 19.0, draft=lambda b, k: 1.0 * k)
     policy = AutoPolicy(3, dip)
     policy._untried = lambda choice, n: False  # (no trials: their subject is elsewhere)
     assert policy._best(3) == ("sequential", 1) and policy._best(4) == ("none", 0)
@@ -821,9 +821,9 @@ def test_plain_decoding_predicted_too_slow_is_reexplored():
     best and would never be measured again: re-explorations include it always, and auto then
     settles on it (the best choice on this engine)."""
     true = profile(verify=lambda t: 20.0 + 0.5 * t, decode=lambda b: 18.0 + 0.5 * b,
-                   draft=lambda b, k: k * (2.0 + 0.5 * b))
+                   draft=lambda b, k: k * (2.0 + 1.0 * b))
     wrong = profile(verify=true.verify, decode=lambda b: 18.0 + 4.0 * b,
-                    draft=lambda b, k: k * (2.0 + 0.5 * b))
+                    draft=lambda b, k: k * (2.0 + 1.0 * b))
     assert best_step(true, 16, 3)[0] == "none"
     assert step_rate(wrong, "none", 16, 0) < PLAUSIBLE * best_step(wrong, 16, 3)[2] / (1 + MARGIN)
     policy = AutoPolicy(3, wrong)
