@@ -23,7 +23,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/regimes_xeon/interleaved", help="output folder")
     p.add_argument("--modes", default="ar@0,sd-ext:1,sd-ext:2,sd-ext:3,auto:3",
-                   help="LABEL[:K], comma-separated: ar@0, sd-ext:K, psd:K, auto:K_MAX")
+                   help="MODE[:K][@CORES] as `minedraft bench --mode`, comma-separated: ar@0, "
+                        "sd-ext:K, psd:K, auto:K_MAX (target on core 0 unless @CORES)")
     p.add_argument("--concurrency", default="1,2,4,8,16,32,64", help="requests in flight")
     p.add_argument("--repeats", type=int, default=3, help="runs per mode and concurrency")
     p.add_argument("--output-len", type=int, default=64, help="tokens per request")
@@ -38,6 +39,7 @@ def main() -> None:
 
     from minedraft import models
     from minedraft.bench.provenance import provenance
+    from minedraft.cli.options import mode_list
     from minedraft.reporting.regimes import RegimePlan
     from minedraft.runtime.api import benchmark_interleaved, load_workload
     from minedraft.runtime.config import EngineConfig
@@ -55,13 +57,12 @@ def main() -> None:
     with ExitStack() as stack:
         engines = []
         for label in labels:
-            base, _, k = label.partition(":")
-            mode = "ar" if base == "ar@0" else base
-            config = EngineConfig(mode=mode, target_cores="0", seed=plan.seed,
+            run = mode_list(label)[0]  # MODE[:K][@CORES], as `minedraft bench --mode`
+            config = EngineConfig(mode=run.mode, target_cores=run.cores or "0", seed=plan.seed,
                                   kv_cache_gib=args.kv_cache_gib,
-                                  draft_quantization=None if mode == "ar" else "int8")
-            if k:
-                config = dataclasses.replace(config, num_speculative_tokens=int(k))
+                                  draft_quantization=None if run.mode == "ar" else "int8")
+            if run.k:
+                config = dataclasses.replace(config, num_speculative_tokens=run.k)
             print(f"== {label}: starting engine", flush=True)
             engines.append(stack.enter_context(Engine(config.validate())))
         for c in cs:

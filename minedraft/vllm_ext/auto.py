@@ -96,9 +96,9 @@ REFERENCE = 25  # a bin's first measurements, whose median is its reference for 
 CAL_WINDOW = 20  # steps per (choice, batch-size bin) in its calibration
 STALE = 2 * REEXPLORE_EVERY  # a calibration not added to for this many steps starts afresh
 EXPLORE_SHARE = 0.03  # re-explorations may cost at most this share of the time since the last
-# drafting must be predicted this much faster than plain decoding to be chosen: 0.05, 0.1 and 0
-# interleaved on the Xeon at 1, 4 and 8 in flight, 0.05 was ahead at each
-# (benchmarks/regimes_xeon/margin)
+# drafting must be predicted this much faster than plain decoding to be chosen (of 0, 0.05 and
+# 0.1, measured interleaved on a Xeon at 1, 4 and 8 in flight, 0.05 was ahead in each:
+# benchmarks/regimes_xeon/margin)
 MARGIN = 0.05
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 CATCH_UP_STEPS = 2 * MIN_DWELL  # steps an exploring step waits for the drafter to catch up
