@@ -33,10 +33,11 @@ prompts, whose cost is the same for every choice), so what the cost model misses
 processes slowing each other, costs that depend on k) is measured, not assumed. The prediction
 is re-read from the model as it is now, and each step's time is scaled by the pace then and
 now: a calibration learnt while the curves were still wrong, or during a slow spell, would
-otherwise outlive the mistake it corrected; one that runs again after STALE steps without
-starts afresh. An old calibration still ranks its choice until then: made to expire (a trial
-once the cost model alone ranked the choice best), it brought back a trial per batch size every
-STALE steps, and under a changing load near capacity those trials (39 at 4-6 decoding) made
+otherwise outlive the mistake it corrected; one that runs again after RESTART steps without
+starts afresh (so do the cost curves' size bins: a slow spell kept by both held plain decoding
+1.4x too slow for ~700 steps, see `_Steps.add`). An old calibration still ranks its choice
+until then: made to expire (a trial once the cost model alone ranked the choice best), it
+brought back a trial per batch size every STALE steps, and under a changing load near capacity those trials (39 at 4-6 decoding) made
 auto lose to plain decoding in two runs of two (benchmarks/auto_low_high/expiry). A bin
 where the choice never ran borrows the steps of the bins within a factor of 2; beyond them
 the cost model alone ranks it (the misses of batch 4 say nothing of batch 128). At one or two
@@ -94,7 +95,10 @@ PLAUSIBLE = 0.8  # re-explore only choices predicted at least this fraction of t
 WINDOW = 9  # measurements per bin (and per overhead) whose median is the estimate
 REFERENCE = 25  # a bin's first measurements, whose median is its reference for the pace
 CAL_WINDOW = 20  # steps per (choice, batch-size bin) in its calibration
-STALE = 2 * REEXPLORE_EVERY  # a calibration not added to for this many steps starts afresh
+STALE = 2 * REEXPLORE_EVERY  # a trial this many steps old no longer counts (`_untried`)
+# a choice's calibration, and a curve's size bin, that runs again after this many steps
+# without starts afresh: its old steps are another moment's (see `_Steps.add`)
+RESTART = REEXPLORE_EVERY // 2
 EXPLORE_SHARE = 0.03  # re-explorations may cost at most this share of the time since the last
 # drafting must be predicted this much faster than plain decoding to be chosen (of 0, 0.05 and
 # 0.1, measured interleaved on a Xeon at 1, 4 and 8 in flight, 0.05 was ahead in each:
@@ -117,6 +121,7 @@ class OnlineCurve:
         self.bins: dict[int, float] = {}  # bin -> median ms
         self.reference: dict[int, float] = {}  # bin -> median of its first REFERENCE ms
         self._first: dict[int, list[float]] = {}  # until then
+        self._last: dict[int, int] = {}  # bin -> the number of its latest measurement
         self._curve: Curve | None = None  # read on every prediction: built once per change
         self.prior = prior  # callable size -> ms, used until there are observations
 
@@ -125,10 +130,14 @@ class OnlineCurve:
         x = max(1, int(round(x)))
         return x if x <= 8 else 1 << (x - 1).bit_length()
 
-    def observe(self, x: float, ms: float, reference: bool = True) -> None:
+    def observe(self, x: float, ms: float, reference: bool = True, now: int = 0) -> None:
         """Fold one measurement (size, ms) into its bin (and into the bin's reference while it
-        has none, if `reference`)."""
+        has none, if `reference`); `now`: the measurement's number, for a bin measured again
+        after RESTART measurements without, which starts afresh (see `_Steps.add`)."""
         b = self._bin(x)
+        if now - self._last.get(b, now) > RESTART:
+            self.restart(x)
+        self._last[b] = now
         window = self.window.setdefault(b, collections.deque(maxlen=WINDOW))
         window.append((x, ms))
         self.bins[b] = statistics.median(t for _, t in window)
@@ -283,7 +292,8 @@ class OnlineCosts:
                 self._paces.popleft()  # another moment's speed
             self._paces.append((self._observed, r.verify_ms / reference))
             self.pace = statistics.median(p for _, p in self._paces)
-        curve.observe(size, r.verify_ms / self.pace, reference=self.pace_fresh())
+        curve.observe(size, r.verify_ms / self.pace, reference=self.pace_fresh(),
+                      now=self._observed)
         if r.kind == "psd":
             critical = max(r.draft_ms or 0.0, r.verify_ms)
         elif r.kind == "sequential":
@@ -334,8 +344,15 @@ class _Steps:
     def add(self, n: int, output: int, ms: float, step: int, requests=None) -> None:
         """One more step (the policy's `step`-th; `requests`: a frozenset of its requests' ids,
         or None); the oldest leaves a full window, and all leave one whose latest is more than
-        STALE steps old."""
-        if step - self.last > STALE:
+        RESTART steps old: back after a while (a re-exploration, every REEXPLORE_EVERY steps or
+        more), a choice is ranked by its steps now. Kept, ten steps of plain decoding at 1.5x
+        their usual time (55-60 ms against 40 on the Xeon at 8 in flight, beside the drafter
+        taking new prompts in), after which auto drafted, stayed most of plain decoding's
+        calibration there (and its cost curve's WINDOW, see `OnlineCurve.observe`) for ~700
+        steps, refreshed by two steps every 200: auto drafted with sequential k = 1 in 80-100%
+        of its steps for a whole cell of the regime map, at 0.88x plain decoding
+        (benchmarks/regimes_xeon/interleaved_r5)."""
+        if step - self.last > RESTART:
             self.steps.clear()
         self.last = step
         self.steps.append((n, output, ms, requests))

@@ -832,3 +832,26 @@ def test_plain_decoding_predicted_too_slow_is_reexplored():
     assert REEXPLORE_EVERY - 1 <= first < REEXPLORE_EVERY + MIN_DWELL + CATCH_UP_STEPS
     assert policy.current == ("none", 0)
     assert choices[-MIN_DWELL:] == [("none", 0)] * MIN_DWELL
+
+
+def test_a_slow_spell_of_plain_decoding_does_not_outlast_its_next_reexploration():
+    """Plain decoding is best (drafting close enough to be re-explored); ten of its steps run
+    1.5x slow (on the Xeon, beside the drafter taking new prompts in: 55-60 ms against 40), so
+    auto switches to drafting, and from then on plain decoding runs only in re-explorations,
+    two steps every REEXPLORE_EVERY. Kept, the slow steps were most of plain decoding's last
+    WINDOW steps at that size and its calibration's, and priced it 1.4x too slow for ~700
+    steps: auto drafted with sequential k = 1 at 8 in flight in 80-100% of its steps for a
+    whole cell of the regime map, at 0.88x plain decoding (benchmarks/regimes_xeon/
+    interleaved_r5). A choice that runs again after a while starts its estimates afresh, so
+    the first re-exploration after the spell brings plain decoding back."""
+    true = profile(verify=lambda t: 20.0 + 0.5 * t, draft=lambda b, k: 12.0 * k)
+    drafting = max(step_rate(true, kind, 8, k) for kind in ("sequential", "psd")
+                   for k in (1, 2, 3))
+    assert PLAUSIBLE * (1 + MARGIN) < drafting / step_rate(true, "none", 8, 0) < 0.97  # close
+    policy = AutoPolicy(3, true)
+    step = itertools.count()
+    slow = lambda kind, k: 12.0 if kind == "none" and 30 <= next(step) < 40 else 0.0  # noqa: E731
+    choices = run_synthetic(policy, true, batch=8, steps=3 * REEXPLORE_EVERY, hidden=slow)
+    assert any(c[0] != "none" for c in choices[40:60])  # (the premise: it switched)
+    after = choices[REEXPLORE_EVERY + 40 + 2 * MIN_DWELL:]
+    assert sum(c[0] == "none" for c in after) >= 0.95 * len(after), collections.Counter(after)
