@@ -37,13 +37,14 @@ otherwise outlive the mistake it corrected; one that runs again after RESTART st
 starts afresh (so do the cost curves' size bins: a slow spell kept by both held plain decoding
 1.4x too slow for ~700 steps, see `_Steps.add`). An old calibration still ranks its choice
 until then: made to expire (a trial once the cost model alone ranked the choice best), it
-brought back a trial per batch size every STALE steps, and under a changing load near capacity those trials (39 at 4-6 decoding) made
-auto lose to plain decoding in two runs of two (benchmarks/auto_low_high/expiry). A bin
-where the choice never ran borrows the steps of the bins within a factor of 2; beyond them
-the cost model alone ranks it (the misses of batch 4 say nothing of batch 128). At one or two
-requests decoding a drafting choice's steps count only while their requests still run: their
-output was those requests' own acceptance (`_forget`). Learnt times
-are medians of recent steps: single steps spike (arrivals, garbage collection).
+brought back a trial per batch size every STALE steps, and under a changing load near
+capacity those trials (39 at 4-6 decoding) made auto lose to plain decoding in two runs of
+two (benchmarks/auto_low_high/expiry). A bin where the choice never ran borrows the steps
+of the bins within a factor of 2; beyond them the cost model alone ranks it (the misses of
+batch 4 say nothing of batch 128). At one or two requests decoding a drafting choice's steps
+count only while their requests still run: their output was those requests' own acceptance
+(`_forget`). Learnt times are medians of recent steps: single steps spike (arrivals, garbage
+collection).
 
 It starts on plain decoding. A cost profile (`auto_profile`) seeds the estimates; without one
 the policy explores first (every kind and k_max for a few steps each), then re-explores now and
@@ -346,8 +347,8 @@ class _Steps:
         or None); the oldest leaves a full window, and all leave one whose latest is more than
         RESTART steps old: back after a while (a re-exploration, every REEXPLORE_EVERY steps or
         more), a choice is ranked by its steps now. Kept, ten steps of plain decoding at 1.5x
-        their usual time (55-60 ms against 40 on the Xeon at 8 in flight, beside the drafter
-        taking new prompts in), after which auto drafted, stayed most of plain decoding's
+        their usual time (55-60 ms against 40 on the Xeon at 8 in flight, right after new
+        requests arrived), after which auto drafted, stayed most of plain decoding's
         calibration there (and its cost curve's WINDOW, see `OnlineCurve.observe`) for ~700
         steps, refreshed by two steps every 200: auto drafted with sequential k = 1 in 80-100%
         of its steps for a whole cell of the regime map, at 0.88x plain decoding

@@ -836,7 +836,7 @@ def test_plain_decoding_predicted_too_slow_is_reexplored():
 
 def test_a_slow_spell_of_plain_decoding_does_not_outlast_its_next_reexploration():
     """Plain decoding is best (drafting close enough to be re-explored); ten of its steps run
-    1.5x slow (on the Xeon, beside the drafter taking new prompts in: 55-60 ms against 40), so
+    1.5x slow (on the Xeon, right after new requests arrived: 55-60 ms against 40), so
     auto switches to drafting, and from then on plain decoding runs only in re-explorations,
     two steps every REEXPLORE_EVERY. Kept, the slow steps were most of plain decoding's last
     WINDOW steps at that size and its calibration's, and priced it 1.4x too slow for ~700
