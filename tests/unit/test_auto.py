@@ -18,8 +18,8 @@ from minedraft.core.messages import vocab_fingerprint
 from minedraft.core.trace import StepRecord, read_trace
 from minedraft.vllm_ext.auto import (CAL_WINDOW, CATCH_UP_STEPS, EXPLORE, EXPLORE_SHARE,
                                      HYSTERESIS, MARGIN, MIN_DWELL, PLAUSIBLE, REEXPLORE,
-                                     REEXPLORE_EVERY, STALE, WINDOW, AutoPolicy, OnlineCosts,
-                                     OnlineCurve)
+                                     REEXPLORE_EVERY, RESTART, STALE, WINDOW, AutoPolicy,
+                                     OnlineCosts, OnlineCurve)
 from minedraft.vllm_ext import auto
 from minedraft.vllm_ext.step import PSDSchedulerMixin
 
@@ -855,3 +855,22 @@ def test_a_slow_spell_of_plain_decoding_does_not_outlast_its_next_reexploration(
     assert any(c[0] != "none" for c in choices[40:60])  # (the premise: it switched)
     after = choices[REEXPLORE_EVERY + 40 + 2 * MIN_DWELL:]
     assert sum(c[0] == "none" for c in after) >= 0.95 * len(after), collections.Counter(after)
+
+
+def test_a_cost_curve_bin_measured_again_after_a_while_starts_afresh():
+    """Plain decoding's cost at 8 requests: a slow spell (57 ms against 40) is most of its last
+    WINDOW steps when drafting takes over; RESTART steps later one plain step at 40 ms is its
+    cost again (kept, the spell's median stood for it until WINDOW new steps came, two per
+    re-exploration)."""
+    costs = OnlineCosts(3)
+    for ms in [40.0] * 3 + [57.0] * 6:
+        costs.observe_step(StepRecord(kind="none", verify=8, tokens=8, verify_ms=ms,
+                                      step_ms=ms + 1.0))
+    assert costs.decode(8) == pytest.approx(57.0, rel=0.05)
+    for _ in range(RESTART + 1):
+        costs.observe_step(StepRecord(kind="sequential", k=1, verify=8, tokens=16,
+                                      drafted_tokens=8, verify_ms=45.0, draft_ms=15.0,
+                                      step_ms=61.0))
+    costs.observe_step(StepRecord(kind="none", verify=8, tokens=8, verify_ms=40.0,
+                                  step_ms=41.0))
+    assert costs.decode(8) == pytest.approx(40.0, rel=0.05)
