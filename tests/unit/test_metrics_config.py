@@ -1,4 +1,6 @@
 import math
+import os
+import sys
 
 import pytest
 
@@ -185,3 +187,23 @@ def test_vocabulary_fingerprint_tells_tokenizers_apart(tokenizer):
     other = AutoTokenizer.from_pretrained(str(tokenizer.name_or_path))
     other.add_tokens(["<minedraft-extra>"])
     assert vocab_fingerprint(other) != vocab_fingerprint(tokenizer)
+
+
+def test_vllm_processes_get_intel_openmp_preloaded_unless_present_or_turned_off(tmp_path):
+    from minedraft.runtime.engine import engine_env, intel_openmp_preload
+    (tmp_path / "lib").mkdir()
+    lib = tmp_path / "lib" / "libiomp5.so"
+    assert intel_openmp_preload({}, prefix=str(tmp_path)) == {}  # not installed: nothing
+    lib.write_bytes(b"")
+    assert intel_openmp_preload({}, prefix=str(tmp_path)) == {"LD_PRELOAD": str(lib)}
+    # what the user preloads stays, after it
+    assert intel_openmp_preload({"LD_PRELOAD": "/x/libtcmalloc.so"}, prefix=str(tmp_path)) == \
+        {"LD_PRELOAD": f"{lib}:/x/libtcmalloc.so"}
+    assert intel_openmp_preload({"LD_PRELOAD": "/y/libiomp5.so"}, prefix=str(tmp_path)) == {}
+    assert intel_openmp_preload({"MINEDRAFT_INTEL_OPENMP": "0"}, prefix=str(tmp_path)) == {}
+    # the installed wheel (constraints-cpu.txt pins intel-openmp) reaches the engine's env
+    env = engine_env(EngineConfig(mode="ar", target_cores="0"))
+    installed = os.path.join(sys.prefix, "lib", "libiomp5.so")
+    if os.path.exists(installed) and "libiomp5" not in os.environ.get("LD_PRELOAD", "") \
+            and os.environ.get("MINEDRAFT_INTEL_OPENMP") != "0":
+        assert env["LD_PRELOAD"].split(":")[0] == installed
