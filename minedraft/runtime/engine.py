@@ -181,7 +181,8 @@ def intel_openmp_preload(environ=None, prefix: str | None = None) -> dict[str, s
     libgomp's fork/join cost (about 2x on a 56-core Xeon, vLLM issue 44191). The library is the
     pinned intel-openmp wheel's, in `prefix`/lib (default: this environment, `sys.prefix`).
     Measured here (2 cores, two pairs of runs): plain decoding on 2 threads 1.05x and 1.14x,
-    vLLM's sd 1.03x and 1.04x (benchmarks/intel_openmp). Empty where the library is missing or already preloaded, or with
+    vLLM's sd 1.03x and 1.04x; with one thread per process, no change seen (benchmarks/
+    intel_openmp). Empty where the library is missing or already preloaded, or with
     MINEDRAFT_INTEL_OPENMP=0 in `environ` (default os.environ). vLLM's processes (and the
     drafter they start) inherit it; this process is not changed."""
     environ = os.environ if environ is None else environ
