@@ -108,6 +108,7 @@ MARGIN = 0.05
 SPIKE = 4.0  # one step counts at most this many times its predicted time (a GC pause)
 CATCH_UP_STEPS = 2 * MIN_DWELL  # steps an exploring step waits for the drafter to catch up
 SMALL_BATCH = 2  # up to this many decoding, a step's acceptance is its requests' own (`_forget`)
+ROUND_FIXED_MAX = 2.0  # the largest fixed cost of a drafter round, in forward passes
 
 
 class OnlineCurve:
@@ -192,6 +193,9 @@ class OnlineCosts:
         self._observed = 0  # steps observed
         self._excess = {kind: collections.deque(maxlen=WINDOW) for kind in self.overheads}
         self._intake: collections.deque = collections.deque(maxlen=WINDOW)  # drafter ms/token
+        self._round_bin = {k: 0 for k in self.rounds}  # k -> the size bin of its latest round
+        # a round's fixed cost in forward passes, estimated from two k run lately (`draft_ms`)
+        self._fixed: collections.deque = collections.deque(maxlen=WINDOW)
         # per position i: verifications that reached it (all drafts before it accepted) and
         # how many of those accepted it; a profile's rates count as one verification
         prior = p.conditional_acceptance(len(p.acceptance_per_position)) if p else []
@@ -231,7 +235,13 @@ class OnlineCosts:
         at 1 request, k = 2's three rounds from the engine's first steps (28 ms) stood for the
         whole run while k = 3's took 25 ms, and k = 4's (52 ms) from the initial exploration;
         sequential k = 2 was then ranked below plain decoding, which auto chose in 168 of 1064
-        steps at 1 request where drafting made 1.2x its rate (measured 2026-12-03)."""
+        steps at 1 request where drafting made 1.2x its rate (measured 2026-12-03).
+        Scaled as k + c, not k: a round also costs c forward passes' worth of fixed work
+        (the round trip, sampling), c estimated whenever two k ran lately at one size
+        (`_learn_fixed`; 0 until then). Scaled by k alone, k = 1's 9 ms rounds at 1 request on
+        the Xeon priced k = 2's at 18 ms against 15 measured, and auto, its hysteresis keeping
+        it on k = 1, drafted with k = 1 in 508 of 727 drafting steps of a cell where k = 2 made
+        tokens 13% faster (benchmarks/regimes_xeon/small_batch)."""
         seen = [kk for kk, c in self.rounds.items() if c.seen]
         if not seen:
             return self.rounds[k](batch)
@@ -239,7 +249,8 @@ class OnlineCosts:
         if k in lately:
             return self.rounds[k](batch)
         near = min(lately, key=lambda kk: abs(kk - k))
-        return self.rounds[near](batch) * k / near
+        c = statistics.median(self._fixed) if self._fixed else 0.0
+        return self.rounds[near](batch) * (k + c) / (near + c)
 
     def overhead_ms(self, kind: str) -> float:
         """Per-step overhead of a kind, ms."""
@@ -269,7 +280,25 @@ class OnlineCosts:
                 self.rounds[k].restart(batch)  # its old rounds at this size are another moment's
             self._rounds_seen += 1
             self._round_last[k] = self._rounds_seen
+            self._round_bin[k] = OnlineCurve._bin(batch)
             self.rounds[k].observe(batch, ms)
+            self._learn_fixed(k)
+
+    def _learn_fixed(self, k: int) -> None:
+        """Estimate c, a round's fixed cost in forward passes (rounds of j and k tokens taking
+        t_j and t_k ms: t_k / t_j = (k + c) / (j + c)), from k's round just observed and each
+        other k whose latest round, among the last WINDOW, was at the same size bin; pairs
+        where more tokens did not take longer (noise) say nothing. Clipped to
+        0..ROUND_FIXED_MAX."""
+        b = self._round_bin[k]
+        for j, curve in self.rounds.items():
+            if j == k or self._round_last[j] <= self._rounds_seen - WINDOW \
+                    or self._round_bin[j] != b or b not in curve.bins:
+                continue
+            (lo, t_lo), (hi, t_hi) = sorted([(j, curve.bins[b]), (k, self.rounds[k].bins[b])])
+            if t_hi > t_lo:
+                c = (t_lo * hi - t_hi * lo) / (t_hi - t_lo)
+                self._fixed.append(min(max(c, 0.0), ROUND_FIXED_MAX))
 
     def observe_step(self, r: StepRecord) -> None:
         """Learn the target's step time and the kind's overhead from a completed step, unless

@@ -199,6 +199,54 @@ def test_a_draft_length_not_run_lately_is_priced_from_the_one_that_runs():
     assert costs.draft_ms(1, 2) == pytest.approx(17.5)
 
 
+def test_a_draft_length_not_run_lately_is_priced_with_the_rounds_fixed_cost():
+    """Rounds of k = 1 (9 ms) and k = 3 (20 ms) run close together price a round's fixed cost
+    (c = 7/11 forward passes): k = 2, not run, is read from k = 3's rounds as 20 (2 + c) /
+    (3 + c) = 14.5 ms, its true cost on a drafter whose rounds take 3.5 + 5.5 k ms, not 13.3
+    (scaled by k alone); once only k = 3 runs, k = 1 is 9 ms again, not 6.7."""
+    costs = OnlineCosts(3)
+    for _ in range(3):
+        costs.observe_round(1, 1, 9.0)
+    assert costs.draft_ms(1, 2) == pytest.approx(18.0)  # no fixed cost known: scaled by k
+    for _ in range(WINDOW):
+        costs.observe_round(1, 3, 20.0)
+    assert costs.draft_ms(1, 2) == pytest.approx(14.5)
+    assert costs.draft_ms(1, 1) == pytest.approx(9.0)
+    assert costs.draft_ms(1, 3) == pytest.approx(20.0)
+    # rounds at another size say nothing of this pair; more tokens taking no longer neither
+    other = OnlineCosts(3)
+    other.observe_round(1, 1, 9.0)
+    other.observe_round(64, 3, 200.0)
+    other.observe_round(1, 2, 9.0)
+    assert not other._fixed
+
+
+def test_at_one_in_flight_auto_drafts_with_the_draft_length_that_pays(monkeypatch):
+    """1 in flight, each draft accepted with probability 0.6, drafter rounds of 3.5 + 5.5 k
+    ms, 37 + tokens ms verifications: sequential k = 2 makes tokens 8% faster than k = 1.
+    Priced with the rounds' fixed cost, auto drafts with k = 1 in under a quarter of its
+    steps; priced by k alone (k = 1's rounds read k = 2's at 18 ms against 14.5), k = 1 ran in
+    nearly a third of them and the requests took longer."""
+    true = profile(verify=lambda t: 36.0 + 1.0 * t, decode=lambda b: 34.0,
+                   draft=lambda b, k: 3.5 + 5.5 * k)
+
+    def run() -> tuple[collections.Counter, float]:
+        chosen, elapsed = collections.Counter(), 0.0
+        for seed in range(6):
+            policy = AutoPolicy(3)
+            chosen.update(k for _, k in _one_in_flight(policy, true, [0.6] * 30, tokens=64,
+                                                       seed=seed, key=lambda c: c[1]))
+            elapsed += policy.elapsed_ms
+        return chosen, elapsed
+
+    chosen, elapsed = run()
+    assert chosen[1] < 0.25 * sum(chosen.values()), chosen
+    monkeypatch.setattr(auto, "ROUND_FIXED_MAX", 0.0)  # c = 0: scaled by k alone
+    by_k, elapsed_by_k = run()
+    assert by_k[1] > 0.3 * sum(by_k.values()), by_k
+    assert elapsed_by_k > elapsed
+
+
 def test_decode_steps_are_learnt_apart_from_verifications():
     """A step that only decodes b requests costs less than a verification of b tokens (no
     rejection sampling, fewer logits): the policy predicts plain decoding from decode steps, so
@@ -703,10 +751,11 @@ def test_a_dip_in_the_batch_while_successors_arrive_does_not_switch_the_choice()
 
 
 def _one_in_flight(policy: AutoPolicy, true, rates: list[float], tokens: int = 128,
-                   with_ids: bool = True, seed: int = 0) -> list[tuple[int, str]]:
+                   with_ids: bool = True, seed: int = 0,
+                   key=lambda choice: choice[0]) -> list[tuple[int, object]]:
     """Requests one after another (1 in flight) on a synthetic engine with costs `true`;
     request j accepts each draft position with probability rates[j]. Returns (request,
-    kind) per step."""
+    key(choice)) per step (by default the kind)."""
     rng = random.Random(seed)
     steps = []
     for j, p in enumerate(rates):
@@ -714,7 +763,7 @@ def _one_in_flight(policy: AutoPolicy, true, rates: list[float], tokens: int = 1
         done = 0
         while done < tokens:
             kind, k = policy.choose(1, requests=ids)
-            steps.append((j, kind))
+            steps.append((j, key((kind, k))))
             accepted = 0
             if kind != "none":
                 while accepted < k and rng.random() < p:
