@@ -239,9 +239,10 @@ class OnlineCosts:
         Scaled as k + c, not k: a round also costs c forward passes' worth of fixed work
         (the round trip, sampling), c estimated whenever two k ran lately at one size
         (`_learn_fixed`; 0 until then). Scaled by k alone, k = 1's 9 ms rounds at 1 request on
-        the Xeon priced k = 2's at 18 ms against 15 measured, and auto, its hysteresis keeping
-        it on k = 1, drafted with k = 1 in 508 of 727 drafting steps of a cell where k = 2 made
-        tokens 13% faster (benchmarks/regimes_xeon/small_batch)."""
+        the Xeon priced k = 2's at 18 ms against 15 measured, and in a map's cell at 1 in
+        flight auto, its hysteresis keeping it on k = 1, drafted with k = 1 in 508 of 727
+        steps, where k = 2's steps made a token in 24.5 ms against k = 1's 28.0
+        (benchmarks/regimes_xeon/small_batch)."""
         seen = [kk for kk, c in self.rounds.items() if c.seen]
         if not seen:
             return self.rounds[k](batch)
@@ -559,7 +560,15 @@ class AutoPolicy:
         noise, not against the batch changing: at 2 in flight, a choice made while one request
         decoded held both for MIN_DWELL steps each time a request was replaced); one that never
         ran near `n` gets a trial first (see the module docstring). The first choice once the
-        initial exploration is over (at once with a profile) is the best, with no hysteresis."""
+        initial exploration is over (at once with a profile) is the best, with no hysteresis.
+        A shorter draft of the same kind needs no predicted gain, only to be ranked first: what
+        the cost model leaves out grows with k. At 4 in flight on the Xeon, sd-ext with k = 1
+        and k = 2 made tokens equally fast in steps that just decode (8.07 and 8.08 ms a
+        token), but k = 1 served 5.7% more tokens a second: k = 2 took longer in the steps that
+        also prefilled prompts (0.97-1.00 s against 0.82-0.88 a repeat) and in its batches'
+        tails (uneven acceptance left one request decoding alone for 8 steps against 1), and
+        auto, its hysteresis holding k = 2 from the cell before, made 0.93x sd-ext k = 1
+        (benchmarks/regimes_xeon/small_batch)."""
         best = self._best(n)
         self.dwell += 1
         if not self.settled and not self.explore:  # explored (or a profile): the first choice
@@ -567,8 +576,10 @@ class AutoPolicy:
             self.dwell_bin = OnlineCurve._bin(n)
             return
         settling = self.dwell < MIN_DWELL and OnlineCurve._bin(n) == self.dwell_bin
+        shorter = best[0] == self.current[0] != "none" and best[1] < self.current[1]
+        gain = 1.0 if shorter else 1.0 + HYSTERESIS
         if best == self.current or settling or \
-                self.predicted["best"] <= self.rate(self.current, n) * (1 + HYSTERESIS):
+                self.predicted["best"] <= self.rate(self.current, n) * gain:
             return
         if not self._untried(best, n):
             self.current, self.dwell, self.dwell_bin = best, 0, OnlineCurve._bin(n)

@@ -87,6 +87,22 @@ def test_hysteresis_keeps_a_choice_within_the_margin():
         assert (choices == {start}) == stays, (start, choices)
 
 
+def test_a_shorter_draft_needs_no_predicted_gain_a_longer_one_does():
+    """At one request, sequential k = 1 predicted 2.4% faster than k = 2 (drafter rounds of
+    7.5 ms a token) replaces k = 2; k = 2 predicted 3.2% faster than k = 1 (5 ms a token) does
+    not replace k = 1: within HYSTERESIS, a switch goes to the shorter draft only."""
+    cases = []
+    for per_token, start, end in ((7.5, 2, 1), (5.0, 1, 1)):
+        p = profile(verify=lambda t: 20.0 + 0.5 * t, draft=lambda b, k, c=per_token: c * k)
+        gain = step_rate(p, "sequential", 1, 2) / step_rate(p, "sequential", 1, 1)
+        assert 1 / (1 + HYSTERESIS) < gain < 1 + HYSTERESIS and gain != 1.0
+        policy = AutoPolicy(3, p)
+        policy._untried = lambda choice, n: False  # (no trials: their subject is elsewhere)
+        policy.current, policy.settled = ("sequential", start), True
+        cases.append([policy.choose(1) for _ in range(3 * MIN_DWELL)][-1])
+        assert cases[-1] == ("sequential", end), (per_token, gain, cases[-1])
+
+
 def test_drafting_must_be_predicted_a_margin_faster_than_plain_decoding():
     """Drafting predicted less than MARGIN faster than plain decoding is not chosen (what the
     model misses mostly favours drafting); drafting predicted clearly faster is."""
@@ -224,9 +240,10 @@ def test_a_draft_length_not_run_lately_is_priced_with_the_rounds_fixed_cost():
 def test_at_one_in_flight_auto_drafts_with_the_draft_length_that_pays(monkeypatch):
     """1 in flight, each draft accepted with probability 0.6, drafter rounds of 3.5 + 5.5 k
     ms, 37 + tokens ms verifications: sequential k = 2 makes tokens 8% faster than k = 1.
-    Priced with the rounds' fixed cost, auto drafts with k = 1 in under a quarter of its
-    steps; priced by k alone (k = 1's rounds read k = 2's at 18 ms against 14.5), k = 1 ran in
-    nearly a third of them and the requests took longer."""
+    Priced with the rounds' fixed cost, auto drafts with k = 1 in a fifth of its steps
+    (re-explorations, requests whose first drafts were unlucky); priced by k alone (k = 1's
+    rounds read k = 2's at 18 ms against 14.5), k = 1 ran in 28% of them and the requests
+    took longer."""
     true = profile(verify=lambda t: 36.0 + 1.0 * t, decode=lambda b: 34.0,
                    draft=lambda b, k: 3.5 + 5.5 * k)
 
@@ -240,11 +257,11 @@ def test_at_one_in_flight_auto_drafts_with_the_draft_length_that_pays(monkeypatc
         return chosen, elapsed
 
     chosen, elapsed = run()
-    assert chosen[1] < 0.25 * sum(chosen.values()), chosen
+    assert chosen[1] < 0.22 * sum(chosen.values()), chosen
     monkeypatch.setattr(auto, "ROUND_FIXED_MAX", 0.0)  # c = 0: scaled by k alone
     by_k, elapsed_by_k = run()
-    assert by_k[1] > 0.3 * sum(by_k.values()), by_k
-    assert elapsed_by_k > elapsed
+    assert by_k[1] > 0.26 * sum(by_k.values()), by_k
+    assert elapsed_by_k > elapsed, (elapsed_by_k, elapsed)
 
 
 def test_decode_steps_are_learnt_apart_from_verifications():
