@@ -69,8 +69,9 @@ EXPLORE_SHARE of the time beyond what the current choice would have taken (those
 measured, the next one as predicted): with 160 requests arriving at once the exploration ran
 in 3 s prefill steps and then at 160 decoding, where a step that drafts took 1-3 s against
 0.45 s without, and cost 17% of the throughput. A switch needs the new choice to be predicted at
-least `HYSTERESIS` better, and only after `MIN_DWELL` steps on the current one when that was
-chosen for the same batch-size bin, so noise does not make it flap. Choices are ranked for the
+least `HYSTERESIS` better (a shorter draft of the same kind: only better, see `_switch`), and
+only after `MIN_DWELL` steps on the current one when that was chosen for the same batch-size
+bin, so noise does not make it flap. Choices are ranked for the
 largest number of requests decoding in the last MIN_DWELL steps: at a fixed load a finished
 request's successor takes a step or two to arrive and prefill, and ranked for that dip, auto
 drafted for the two steps of each, 39 times in a run at 4 in flight, each switch paying the
@@ -240,8 +241,8 @@ class OnlineCosts:
         (the round trip, sampling), c estimated whenever two k ran lately at one size
         (`_learn_fixed`; 0 until then). Scaled by k alone, k = 1's 9 ms rounds at 1 request on
         the Xeon priced k = 2's at 18 ms against 15 measured, and in a map's cell at 1 in
-        flight auto, its hysteresis keeping it on k = 1, drafted with k = 1 in 508 of 727
-        steps, where k = 2's steps made a token in 24.5 ms against k = 1's 28.0
+        flight auto, its hysteresis keeping it on k = 1, drafted with k = 1 in 539 of 767
+        steps, where k = 2's steps made a token in 24.7 ms against k = 1's 28.2
         (benchmarks/regimes_xeon/small_batch)."""
         seen = [kk for kk, c in self.rounds.items() if c.seen]
         if not seen:
