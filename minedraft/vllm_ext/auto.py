@@ -293,11 +293,12 @@ class OnlineCosts:
         where more tokens did not take longer (noise) say nothing. Clipped to
         0..ROUND_FIXED_MAX."""
         b = self._round_bin[k]
+        t_k = self.rounds[k].bins[b]  # (just observed)
         for j, curve in self.rounds.items():
             if j == k or self._round_last[j] <= self._rounds_seen - WINDOW \
                     or self._round_bin[j] != b or b not in curve.bins:
                 continue
-            (lo, t_lo), (hi, t_hi) = sorted([(j, curve.bins[b]), (k, self.rounds[k].bins[b])])
+            (lo, t_lo), (hi, t_hi) = sorted([(j, curve.bins[b]), (k, t_k)])
             if t_hi > t_lo:
                 c = (t_lo * hi - t_hi * lo) / (t_hi - t_lo)
                 self._fixed.append(min(max(c, 0.0), ROUND_FIXED_MAX))
