@@ -69,7 +69,8 @@ EXPLORE_SHARE of the time beyond what the current choice would have taken (those
 measured, the next one as predicted): with 160 requests arriving at once the exploration ran
 in 3 s prefill steps and then at 160 decoding, where a step that drafts took 1-3 s against
 0.45 s without, and cost 17% of the throughput. A switch needs the new choice to be predicted at
-least `HYSTERESIS` better (a shorter draft of the same kind: only better, see `_switch`), and
+least `HYSTERESIS` better (a shorter draft of the same kind, with more than SMALL_BATCH
+decoding: only better, see `_switch`), and
 only after `MIN_DWELL` steps on the current one when that was chosen for the same batch-size
 bin, so noise does not make it flap. Choices are ranked for the
 largest number of requests decoding in the last MIN_DWELL steps: at a fixed load a finished
@@ -570,7 +571,12 @@ class AutoPolicy:
         also prefilled prompts (0.97-1.00 s against 0.82-0.88 a repeat) and in its batches'
         tails (uneven acceptance left one request decoding alone for 8 steps against 1), and
         auto, its hysteresis holding k = 2 from the cell before, made 0.93x sd-ext k = 1
-        (benchmarks/regimes_xeon/small_batch)."""
+        (benchmarks/regimes_xeon/small_batch). Not at SMALL_BATCH or fewer decoding: there a
+        choice's calibration is the running requests' own acceptance (`_forget`), so a shorter
+        k ranked first mostly says that these requests accept less, which the next ones may
+        not; switched to at once, auto's k moved among 1-3 within every repeat at 2 in flight
+        (0.92x sd-ext k = 2 in two maps); with the rule above SMALL_BATCH only, 0.965x against
+        0.911x, measured interleaved in one run (same folder, `variants/`)."""
         best = self._best(n)
         self.dwell += 1
         if not self.settled and not self.explore:  # explored (or a profile): the first choice
@@ -578,7 +584,8 @@ class AutoPolicy:
             self.dwell_bin = OnlineCurve._bin(n)
             return
         settling = self.dwell < MIN_DWELL and OnlineCurve._bin(n) == self.dwell_bin
-        shorter = best[0] == self.current[0] != "none" and best[1] < self.current[1]
+        shorter = n > SMALL_BATCH and best[0] == self.current[0] != "none" \
+            and best[1] < self.current[1]
         gain = 1.0 if shorter else 1.0 + HYSTERESIS
         if best == self.current or settling or \
                 self.predicted["best"] <= self.rate(self.current, n) * gain:
