@@ -70,10 +70,9 @@ measured, the next one as predicted): with 160 requests arriving at once the exp
 in 3 s prefill steps and then at 160 decoding, where a step that drafts took 1-3 s against
 0.45 s without, and cost 17% of the throughput. A switch needs the new choice to be predicted at
 least `HYSTERESIS` better (a shorter draft of the same kind, with more than SMALL_BATCH
-decoding: only better, see `_switch`), and
-only after `MIN_DWELL` steps on the current one when that was chosen for the same batch-size
-bin, so noise does not make it flap. Choices are ranked for the
-largest number of requests decoding in the last MIN_DWELL steps: at a fixed load a finished
+decoding: only better, see `_switch`), and only after `MIN_DWELL` steps on the current one
+when that was chosen for the same batch-size bin, so noise does not make it flap. Choices are
+ranked for the largest number of requests decoding in the last MIN_DWELL steps: at a fixed load a finished
 request's successor takes a step or two to arrive and prefill, and ranked for that dip, auto
 drafted for the two steps of each, 39 times in a run at 4 in flight, each switch paying the
 drafter's catch-up (benchmarks/auto_fixed_load/dips).

@@ -99,9 +99,10 @@ def test_a_shorter_draft_needs_no_predicted_gain_a_longer_one_does():
         policy = AutoPolicy(3, p)
         policy._untried = lambda choice, n: False  # (no trials: their subject is elsewhere)
         rates = {k: policy.rate(("sequential", k), n) for k in (1, 2, 3)}
-        assert max(rates, key=rates.get) == (1 if per_token == 7.5 else 2)
+        best_k = max(rates, key=rates.get)
+        assert best_k == (1 if per_token == 7.5 else 2)
         assert 1 / (1 + HYSTERESIS) < rates[2] / rates[1] < 1 + HYSTERESIS
-        assert policy._best(n) == ("sequential", max(rates, key=rates.get))  # (not psd)
+        assert policy._best(n) == ("sequential", best_k)  # (not psd)
         policy.current, policy.settled = ("sequential", start), True
         last = [policy.choose(n) for _ in range(3 * MIN_DWELL)][-1]
         assert last == ("sequential", end), (n, per_token, rates, last)
