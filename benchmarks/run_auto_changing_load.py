@@ -10,6 +10,12 @@ prompts, 64 output tokens (EOS ignored), bf16, the target on core 0 and the draf
 With --phases C:COUNT,... the load is closed-loop instead: COUNT requests with C in flight,
 then the next phase on the same engine (each phase drains before the next starts). Then
 throughput is not set by the arrivals, and every mode's total tokens / total time compares.
+
+With --interleave R, every mode's engine is up at once and serves the whole load R times, the
+modes taken in turn (A, B, A, B, ...): a slow spell of the shared host then falls on every
+mode alike, and each repeat compares runs minutes apart (fresh engines one after the other
+left 9-12% between two runs of plain decoding, `auto_low_high/crossing_small_batch`). Each
+engine is then warm after its first repeat, as a server is; auto keeps what it learnt.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+from contextlib import ExitStack
 from pathlib import Path
 
 
@@ -71,6 +78,11 @@ def main() -> None:
                    help="which runs, in order (ar@0, sd-ext, psd, auto, sd-dyn@0; sd-ext:K and "
                         "psd:K set k); a label may repeat (each run starts a fresh engine; the "
                         "summary gives medians per label)")
+    p.add_argument("--interleave", type=int, default=0, metavar="R",
+                   help="every mode's engine up at once, the load served R times by each in "
+                        "turn (--modes then lists each mode once)")
+    p.add_argument("--kv-cache-gib", type=int, default=None,
+                   help="KV cache per engine, GiB (with --interleave several are up at once)")
     p.add_argument("--verbose", action="store_true", help="vLLM's logs in the terminal")
     args = p.parse_args()
 
@@ -105,11 +117,14 @@ def main() -> None:
     tokenizer = models.load_tokenizer(models.resolve(models.TARGET))
     requests = load_workload("sharegpt", tokenizer, n, max_prompt_len=2048 - args.output_len)
     results, auto_records = [], []
-    for label in wanted:
+
+    def engine_for(label: str):
         base, _, k = label.partition(":")
         config, special = runs[base]
         if k:
             config = dataclasses.replace(config, num_speculative_tokens=int(k))
+        if args.kv_cache_gib:
+            config = dataclasses.replace(config, kv_cache_gib=args.kv_cache_gib)
         extra = None
         if special == "dynamic":
             dyn = [tuple(int(x) for x in part.split(":")) for part in args.dynamic.split(",")]
@@ -117,37 +132,56 @@ def main() -> None:
                 "method": "draft_model", "model": str(models.resolve(default_draft(config))),
                 "num_speculative_tokens": max(k for _, _, k in dyn),
                 "num_speculative_tokens_per_batch_size": dyn}}
+        return Engine(config, extra_args=extra)
+
+    def serve(label: str, engine) -> None:
+        """One run of the whole load on `engine`; its result joins `results`, written at once
+        (a long sequence of runs keeps what it measured if it stops)."""
+        nonlocal auto_records
+        offset = trace_size(engine.config.trace_path)
+        if args.phases:
+            res = run_phases(engine, requests, schedule, args.output_len)
+        else:
+            res = benchmark(engine, requests, output_len=args.output_len,
+                            request_rate=schedule, progress=False)
+        if label == "auto":
+            auto_records = read_trace(engine.config.trace_path, offset)
+        res.pop("runs", None)
+        res.update(label=label, config=engine.config.to_dict())
+        results.append(res)
+        parts = " / ".join(f"{seg['mean_e2el_ms']:.0f} ms {seg['output_throughput_tok_s']:.1f}"
+                           f" tok/s" for seg in res["segments"])
+        print(f"   {label}: {res['output_throughput_tok_s']:.1f} tok/s, mean E2EL "
+              f"{res['mean_e2el_ms']:.0f} ms (by part: {parts}), "
+              f"TPOT {res['mean_tpot_ms']:.1f} ms", flush=True)
+        doc = _document(results, schedule, args.output_len, auto_records, provenance())
+        doc.update(closed_loop=bool(args.phases), interleaved=args.interleave)
+        (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+
+    if args.interleave:
+        with ExitStack() as stack:
+            engines = []
+            for label in wanted:
+                print(f"== {label}: starting engine", flush=True)
+                engines.append(stack.enter_context(engine_for(label)))
+            for rep in range(args.interleave):
+                print(f"== repeat {rep + 1} of {args.interleave}", flush=True)
+                for label, engine in zip(wanted, engines):
+                    serve(label, engine)
+    for label in [] if args.interleave else wanted:
         print(f"== {label}", flush=True)
         try:
-            with Engine(config, extra_args=extra) as engine:
-                offset = trace_size(engine.config.trace_path)
-                if args.phases:
-                    res = run_phases(engine, requests, schedule, args.output_len)
-                else:
-                    res = benchmark(engine, requests, output_len=args.output_len,
-                                    request_rate=schedule, progress=False)
-                if label == "auto":
-                    auto_records = read_trace(engine.config.trace_path, offset)
+            with engine_for(label) as engine:
+                serve(label, engine)
         except Exception as exc:  # vLLM refusing a configuration is a result too
             print(f"   {label} failed: {type(exc).__name__}: {exc}", flush=True)
             results.append({"label": label, "error": f"{type(exc).__name__}: {exc}"})
-        else:
-            res.pop("runs", None)
-            res.update(label=label, config=engine.config.to_dict())
-            results.append(res)
-            parts = " / ".join(f"{seg['mean_e2el_ms']:.0f} ms {seg['output_throughput_tok_s']:.1f}"
-                               f" tok/s" for seg in res["segments"])
-            print(f"   {res['output_throughput_tok_s']:.1f} tok/s, mean E2EL "
-                  f"{res['mean_e2el_ms']:.0f} ms (by part: {parts}), "
-                  f"TPOT {res['mean_tpot_ms']:.1f} ms", flush=True)
-        doc = _document(results, schedule, args.output_len, auto_records, provenance())
-        doc["closed_loop"] = bool(args.phases)
-        # written after every run: a long sequence of runs keeps what it measured if it stops
-        (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+    doc = _document(results, schedule, args.output_len, auto_records, provenance())
     for label, row in doc["summary"].items():
         print(f"{label:>10}: {row['runs']} runs, median {row['output_throughput_tok_s']:.1f} "
               f"tok/s, mean E2EL {row['mean_e2el_ms']:.0f} ms "
-              f"(by part: {' / '.join(f'{x:.0f}' for x in row['by_part_ms'])})")
+              f"(by part: {' / '.join(f'{x:.0f}' for x in row['by_part_ms'])}); each run: "
+              f"{', '.join(f'{x:.0f}' for x in row['e2el_ms_per_run'])} ms")
     if auto_records:
         plot_auto_choices(doc["auto_steps"], out / "auto_choices.png")
     print(f"wrote {out / 'results.json'}")
@@ -165,6 +199,8 @@ def _document(results: list, schedule: tuple, output_len: int, auto_records: lis
     for label, runs in by_label.items():
         summary[label] = {
             "runs": len(runs),
+            "e2el_ms_per_run": [r["mean_e2el_ms"] for r in runs],
+            "tok_s_per_run": [r["output_throughput_tok_s"] for r in runs],
             "mean_e2el_ms": statistics.median(r["mean_e2el_ms"] for r in runs),
             "by_part_ms": [statistics.median(r["segments"][i]["mean_e2el_ms"] for r in runs)
                            for i in range(len(schedule))],
