@@ -154,9 +154,13 @@ def main() -> None:
         print(f"   {label}: {res['output_throughput_tok_s']:.1f} tok/s, mean E2EL "
               f"{res['mean_e2el_ms']:.0f} ms (by part: {parts}), "
               f"TPOT {res['mean_tpot_ms']:.1f} ms", flush=True)
+        write()
+
+    def write() -> dict:
         doc = _document(results, schedule, args.output_len, auto_records, provenance())
         doc.update(closed_loop=bool(args.phases), interleaved=args.interleave)
         (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+        return doc
 
     if args.interleave:
         with ExitStack() as stack:
@@ -168,15 +172,16 @@ def main() -> None:
                 print(f"== repeat {rep + 1} of {args.interleave}", flush=True)
                 for label, engine in zip(wanted, engines):
                     serve(label, engine)
-    for label in [] if args.interleave else wanted:
-        print(f"== {label}", flush=True)
-        try:
-            with engine_for(label) as engine:
-                serve(label, engine)
-        except Exception as exc:  # vLLM refusing a configuration is a result too
-            print(f"   {label} failed: {type(exc).__name__}: {exc}", flush=True)
-            results.append({"label": label, "error": f"{type(exc).__name__}: {exc}"})
-    doc = _document(results, schedule, args.output_len, auto_records, provenance())
+    else:
+        for label in wanted:
+            print(f"== {label}", flush=True)
+            try:
+                with engine_for(label) as engine:
+                    serve(label, engine)
+            except Exception as exc:  # vLLM refusing a configuration is a result too
+                print(f"   {label} failed: {type(exc).__name__}: {exc}", flush=True)
+                results.append({"label": label, "error": f"{type(exc).__name__}: {exc}"})
+    doc = write()
     for label, row in doc["summary"].items():
         print(f"{label:>10}: {row['runs']} runs, median {row['output_throughput_tok_s']:.1f} "
               f"tok/s, mean E2EL {row['mean_e2el_ms']:.0f} ms "

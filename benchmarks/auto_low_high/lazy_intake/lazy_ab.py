@@ -1,6 +1,9 @@
 """Scratch A/B: auto with prompts taken in lazily (MD_LAZY_INTAKE) against auto and ar@0,
 interleaved, at high load."""
-import json, os, statistics, sys, dataclasses
+import json
+import os
+import statistics
+import sys
 from contextlib import ExitStack
 
 if __name__ == "__main__":
