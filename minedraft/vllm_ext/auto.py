@@ -76,6 +76,9 @@ ranked for the largest number of requests decoding in the last MIN_DWELL steps: 
 request's successor takes a step or two to arrive and prefill, and ranked for that dip, auto
 drafted for the two steps of each, 39 times in a run at 4 in flight, each switch paying the
 drafter's catch-up (benchmarks/auto_fixed_load/dips).
+While it has settled on plain decoding with more than SMALL_BATCH requests decoding, new prompts
+do not go to the drafter (`defer_intake`): taken in beside the target they slowed it, and the
+requests still running at the next drafting step are sent whole with its catch-up.
 Seeded sampling under `auto` depends on load (the number of drafts per step does), as with
 vLLM's own dynamic speculation.
 """
@@ -612,6 +615,21 @@ class AutoPolicy:
             if self.rate(head, n) >= PLAUSIBLE * self.predicted["best"]:
                 return
             self.explore = [c for c in self.explore if c != head]
+
+    def defer_intake(self) -> bool:
+        """New prompts need not go to the drafter now: auto has settled on plain decoding,
+        more than SMALL_BATCH requests decode and no drafting step is due (`catch_up`). A
+        prompt taken in on the drafter's core slows the target beside it, and at such loads
+        most requests finish before the next drafting step; one still running then is sent
+        whole with the backlog (`catch_up`, whose cost the exploration budget counts). On the
+        crossing load's high part (3 requests/s, ~97% of steps without drafts) the intake
+        alone cost 3-10% of the mean latency (benchmarks/auto_low_high/high_part_split). Not
+        at SMALL_BATCH or fewer: there a drafting step is never far (each request's own
+        acceptance decides, `_forget`), and deferred at one or two in flight, the prompts'
+        catch-up counted against drafting and kept auto on plain decoding where drafting
+        paid (benchmarks/auto_low_high/lazy_intake)."""
+        return self.settled and self.current[0] == "none" and self._n > SMALL_BATCH \
+            and not self.catch_up()
 
     def catch_up(self) -> bool:
         """The next exploring step (or trial) drafts after steps without drafts, and the budget

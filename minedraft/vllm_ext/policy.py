@@ -5,8 +5,9 @@ A policy answers `choose(n_decoding, backlog, prefill, requests) -> (kind, k)` b
 of the decoding requests the drafter has not taken in; `prefill`: the step also prefills
 prompts; `requests`: the decoding requests' ids) and
 `catch_up()` (a drafting step is due after steps without drafts: the drafter should take in
-now, in the background, the tokens those steps decoded), and is told what happened: the drafts
-verified (`observe_drafts`), each drafter round (`observe_round`, or `observe_intake` for a
+now, in the background, the tokens those steps decoded) and `defer_intake()` (new prompts need
+not go to the drafter now: no drafting step is expected soon), and is told what happened: the
+drafts verified (`observe_drafts`), each drafter round (`observe_round`, or `observe_intake` for a
 round that only took tokens in) and each completed step (`observe_step`).
 """
 
@@ -28,6 +29,10 @@ class FixedPolicy:
 
     def catch_up(self) -> bool:
         """Never: every step drafts, so the drafter never lags."""
+        return False
+
+    def defer_intake(self) -> bool:
+        """Never: every step drafts, so the drafter needs every prompt."""
         return False
 
     def observe_drafts(self, drafts: list[tuple[int, int]]) -> None:

@@ -158,6 +158,8 @@ class PSDSchedulerMixin:
             # without drafts decoded now, beside this step, rather than in that step's time
             new += [rid for rid in decoding if rid not in new
                     and self.requests[rid].num_tokens > self.sent_len.get(rid, 0)]
+        if new and not plan.draft and self.policy.defer_intake():
+            new = []  # not needed before a drafting step that may never come (auto)
         if plan.draft or new:
             self._send_round(plan.draft, k, ingest=new)
         rec.sides = self.batches.sizes()

@@ -719,6 +719,24 @@ def test_the_drafter_catches_up_only_before_a_drafting_step_that_follows_plain_o
     assert not policy.catch_up()  # drafting keeps the drafter current
 
 
+def test_prompts_wait_for_the_drafter_only_while_plain_decoding_a_larger_batch():
+    """`defer_intake`: new prompts need not reach the drafter while auto has settled on plain
+    decoding with more than SMALL_BATCH requests decoding and no drafting step is due; they do
+    while it drafts, at one or two requests, before settling and once a catch-up is due."""
+    assert not AutoPolicy(3).defer_intake()  # not settled (exploring first)
+    policy = AutoPolicy(3, COSTLY_VERIFY)
+    policy.current, policy.settled = ("none", 0), True
+    assert policy.choose(8) == ("none", 0) and policy.defer_intake()
+    policy._n = auto.SMALL_BATCH
+    assert not policy.defer_intake()  # a drafting step is never far at one or two
+    policy._n = 8
+    policy.explore = [("psd", 3)]
+    policy.elapsed_ms = policy._exploring_cost(("psd", 3), 8) / EXPLORE_SHARE
+    assert policy.catch_up() and not policy.defer_intake()  # drafting is due: catch up
+    policy.explore, policy.current = [], ("sequential", 1)
+    assert not policy.defer_intake()  # drafting
+
+
 def test_psd_is_never_chosen_nor_measured_for_a_single_request():
     """With one request decoding psd has no second sub-batch and runs as sequential: a psd
     calibration at one request (however good) does not make it the choice there, and a psd

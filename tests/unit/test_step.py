@@ -368,6 +368,52 @@ def test_prompts_are_taken_in_while_the_target_prefills_them(drafter, tmp_path):
         assert first_round[r.request_id] == r.prompt_token_ids
 
 
+class DeferPolicy(BacklogPolicy):
+    """`none` with new prompts deferred (as `auto` settled on plain decoding at a load), until
+    `drafting` is set: then psd k = 3."""
+
+    drafting = False
+
+    def choose(self, n_decoding, backlog=None, prefill=False, requests=None):
+        super().choose(n_decoding, backlog, prefill, requests)
+        return ("psd", 3) if self.drafting else ("none", 0)
+
+    def defer_intake(self):
+        return not self.drafting
+
+
+def test_prompts_deferred_while_plain_decoding_are_sent_whole_when_drafting_starts(
+        drafter, tmp_path):
+    """While the policy defers intake (`AutoPolicy.defer_intake`) no prompt goes to the
+    drafter; the first drafting step sends each request's whole history, and every draft
+    verified is made from the request's current state, so outputs stay exact."""
+    sched = make(drafter, tmp_path)
+    sched.policy = policy = DeferPolicy()
+    ps = prompts(4, seed=3)
+    reqs = [StubRequest(f"r{i}", p, max_tokens=30) for i, p in enumerate(ps)]
+    seen_while_deferred = []
+
+    def on_step(s, n):
+        if n == 8:
+            seen_while_deferred.extend(getattr(drafter.backend, "ingested", []))
+            seen_while_deferred.extend(rid for rnd in drafter.backend.rounds for rid in rnd)
+            policy.drafting = True
+
+    run(sched, reqs, on_step)
+    assert seen_while_deferred == []  # nothing taken in while deferred
+    assert policy.backlogs[7][1] > sum(len(p) for p in ps)  # the prompts and decoded tokens
+    first_round = {}
+    for rnd in drafter.backend.rounds:
+        for rid, seq in rnd.items():
+            first_round.setdefault(rid, seq)
+    for r, p in zip(reqs, ps):  # the first round had the whole history, prompt first
+        assert first_round[r.request_id][:len(p)] == p
+        assert len(first_round[r.request_id]) > len(p)
+        assert r.output_token_ids == ar_output(p, r.max_tokens)
+    sched.verified = [v for v in sched.verified if v[2]]
+    check_drafts_fresh(sched, 3)
+
+
 def test_trace_has_every_step_when_the_engine_goes_idle(drafter, tmp_path):
     sched = make(drafter, tmp_path)
     steps = run(sched, [StubRequest("a", [1, 2, 3], max_tokens=9),
