@@ -43,7 +43,8 @@ two (benchmarks/auto_low_high/expiry). A bin where the choice never ran borrows 
 of the bins within a factor of 2; beyond them the cost model alone ranks it (the misses of
 batch 4 say nothing of batch 128). At one or two requests decoding a drafting choice's steps
 count only while their requests still run: their output was those requests' own acceptance
-(`_forget`). Learnt times are medians of recent steps: single steps spike (arrivals, garbage
+(`_forget`), and start from CAL_PRIOR steps as predicted (a few steps are noisy, see
+`calibration`). Learnt times are medians of recent steps: single steps spike (arrivals, garbage
 collection).
 
 It starts on plain decoding. A cost profile (`auto_profile`) seeds the estimates; without one
@@ -100,6 +101,9 @@ PLAUSIBLE = 0.8  # re-explore only choices predicted at least this fraction of t
 WINDOW = 9  # measurements per bin (and per overhead) whose median is the estimate
 REFERENCE = 25  # a bin's first measurements, whose median is its reference for the pace
 CAL_WINDOW = 20  # steps per (choice, batch-size bin) in its calibration
+# steps, measured as predicted, that a drafting choice's calibration at SMALL_BATCH or fewer
+# decoding starts from (see `AutoPolicy.calibration`)
+CAL_PRIOR = 8
 STALE = 2 * REEXPLORE_EVERY  # a trial this many steps old no longer counts (`_untried`)
 # a choice's calibration, and a curve's size bin, that runs again after this many steps
 # without starts afresh: its old steps are another moment's (see `_Steps.add`)
@@ -471,7 +475,17 @@ class AutoPolicy:
         """Measured / predicted output rate of `choice` at `n` requests decoding: over its steps
         in n's batch-size bin (else in the bins within a factor of 2), the time the model
         predicts now for their output over the time they took at the pace now; None where it
-        has not run (see the module docstring)."""
+        has not run (see the module docstring).
+        A drafting choice's at SMALL_BATCH or fewer decoding counts CAL_PRIOR more steps, each
+        taking the time predicted (a calibration of 1 that its own steps outweigh as they
+        come): there its steps are the running requests' own (`_forget`), a few of them, and
+        a few unlucky drafts moved auto off a draft length that paid. A request's acceptance
+        does vary (in a map's cell at 1 in flight on AMD, the halves of its requests accepted
+        0.2-1.0 per position, correlated 0.7), but it is noisy over 8 steps and rises as a
+        request goes on (the second half higher in 23 of 24: 8 prompts, 3 repeats).
+        Measured interleaved on AMD (benchmarks/regimes/cal_prior_amd), auto / best fixed
+        mode: at 1 in flight 0.952x without, 0.981x with; at 2, 0.938x and 0.963x; ahead in
+        each of 4 repeats."""
         key = ("cal", *choice, OnlineCurve._bin(n))
         if key not in self._cache:
             b = key[-1]
@@ -482,6 +496,9 @@ class AutoPolicy:
             predicted = sum(out / self._model_rate(choice, m) for m, (_, out, _) in sums
                             if self._model_rate(choice, m) > 0)
             measured = self.costs.pace * sum(ms for _, (_, _, ms) in sums)
+            if predicted and choice[0] != "none" and b <= SMALL_BATCH:
+                prior = CAL_PRIOR * predicted / sum(count for _, (count, _, _) in sums)
+                predicted, measured = predicted + prior, measured + prior
             self._cache[key] = predicted / measured if predicted and measured else None
         return self._cache[key]
 
