@@ -36,7 +36,8 @@ def profile(verify, draft, decode=None, acc=(0.6, 0.4, 0.25), overhead=None):
 
 
 FLAT_VERIFY = profile(verify=lambda t: 20.0 + 0.05 * t, draft=lambda b, k: 2.0 * k)
-# costs as measured at 1 in flight on the Xeon (benchmarks/regimes_xeon/small_batch)
+# 1 in flight: drafter rounds as measured on the Xeon (benchmarks/regimes_xeon/small_batch),
+# a verification and a plain step near the 30-36 ms measured there
 ONE_IN_FLIGHT = profile(verify=lambda t: 36.0 + 1.0 * t, decode=lambda b: 34.0,
                         draft=lambda b, k: 3.5 + 5.5 * k)
 COSTLY_VERIFY = profile(verify=lambda t: 5.0 + 3.0 * t, decode=lambda b: 5.0 + 1.0 * b,
@@ -833,7 +834,7 @@ def test_one_bad_request_does_not_stop_drafting_for_the_requests_after_it():
     decoding ran, held plain decoding for up to 194 steps into them
     (benchmarks/auto_fixed_load/no_draft_rpc). Without request ids (the code before) auto
     drafts in none of the first 20 steps of most requests after a bad one, and takes longer.
-    Costs as measured at 1 in flight (ONE_IN_FLIGHT: a bad request's drafting step takes 1.3x
+    Costs close to those measured at 1 in flight (ONE_IN_FLIGHT: a bad request's drafting step takes 1.3x
     its token's time without drafts); on FLAT_VERIFY, where drafting is nearly free (1.05x),
     auto may keep drafting with k = 1 in a bad request, within its hysteresis."""
     true = ONE_IN_FLIGHT
