@@ -37,7 +37,7 @@ def profile(verify, draft, decode=None, acc=(0.6, 0.4, 0.25), overhead=None):
 
 FLAT_VERIFY = profile(verify=lambda t: 20.0 + 0.05 * t, draft=lambda b, k: 2.0 * k)
 # 1 in flight: drafter rounds as measured on the Xeon (benchmarks/regimes_xeon/small_batch),
-# a verification and a plain step near the 30-36 ms measured there
+# a plain step near the 34.6 ms measured there
 ONE_IN_FLIGHT = profile(verify=lambda t: 36.0 + 1.0 * t, decode=lambda b: 34.0,
                         draft=lambda b, k: 3.5 + 5.5 * k)
 COSTLY_VERIFY = profile(verify=lambda t: 5.0 + 3.0 * t, decode=lambda b: 5.0 + 1.0 * b,
