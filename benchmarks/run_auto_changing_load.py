@@ -12,8 +12,9 @@ then the next phase on the same engine (each phase drains before the next starts
 throughput is not set by the arrivals, and every mode's total tokens / total time compares.
 
 With --interleave R, every mode's engine is up at once and serves the whole load R times, the
-modes taken in turn (A, B, A, B, ...): a slow spell of the shared host then falls on every
-mode alike, and each repeat compares runs minutes apart (fresh engines one after the other
+modes taken in turn, each repeat starting one mode later (A B C, B C A, C A B): a slow spell
+of the shared host then falls on every mode alike, no mode always runs first or after the
+same one, and each repeat compares runs minutes apart (fresh engines one after the other
 left 9-12% between two runs of plain decoding, `auto_low_high/crossing_small_batch`). Each
 engine is then warm after its first repeat, as a server is; auto keeps what it learnt.
 """
@@ -170,7 +171,8 @@ def main() -> None:
                 engines.append(stack.enter_context(engine_for(label)))
             for rep in range(args.interleave):
                 print(f"== repeat {rep + 1} of {args.interleave}", flush=True)
-                for label, engine in zip(wanted, engines):
+                pairs, turn = list(zip(wanted, engines)), rep % len(wanted)
+                for label, engine in pairs[turn:] + pairs[:turn]:
                     serve(label, engine)
     else:
         for label in wanted:
