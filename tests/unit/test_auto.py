@@ -834,9 +834,9 @@ def test_one_bad_request_does_not_stop_drafting_for_the_requests_after_it():
     decoding ran, held plain decoding for up to 194 steps into them
     (benchmarks/auto_fixed_load/no_draft_rpc). Without request ids (the code before) auto
     drafts in none of the first 20 steps of most requests after a bad one, and takes longer.
-    Costs close to those measured at 1 in flight (ONE_IN_FLIGHT: a bad request's drafting step takes 1.3x
-    its token's time without drafts); on FLAT_VERIFY, where drafting is nearly free (1.05x),
-    auto may keep drafting with k = 1 in a bad request, within its hysteresis."""
+    Costs close to those measured at 1 in flight (ONE_IN_FLIGHT: a bad request's drafting
+    step takes 1.3x its token's time without drafts); on FLAT_VERIFY, where drafting is nearly
+    free (1.05x), auto may keep drafting with k = 1 in a bad request, within its hysteresis."""
     true = ONE_IN_FLIGHT
     rates = [0.7, 0.7] + [0.05, 0.7, 0.7] * 5
     policy = AutoPolicy(3)

@@ -1,24 +1,23 @@
 """Steps with one request decoding that just decode (no prompt prefilled): ms per output token
-(step_ms over verified + accepted tokens) by (kind, k), one line per trace given.
+(step_ms over verified + accepted tokens) by (kind, k), one block per trace given.
 
-    python benchmarks/auto_low_high/phases_all_modes/one_in_flight.py TRACE.jsonl [...]
+    .venv/bin/python benchmarks/auto_low_high/phases_all_modes/one_in_flight.py TRACE.jsonl [...]
 """
 import collections
-import json
 import sys
+
+from minedraft.core.trace import read_trace
 
 for path in sys.argv[1:]:
     agg = collections.defaultdict(lambda: [0.0, 0, 0])  # ms, output tokens, steps
-    for line in open(path):
-        r = json.loads(line)
-        if not r.get("verify") or r["verify"] + r.get("draft", 0) + r.get("held", 0) != 1:
+    for r in read_trace(path):
+        if not r.verify or r.verify + r.draft + r.held != 1:
             continue
-        kind, k = r.get("kind", "none"), r.get("k", 0)
-        if r["tokens"] != r["verify"] * (1 + (k if kind != "none" else 0)):
+        if r.tokens != r.verify * (1 + (r.k if r.kind != "none" else 0)):
             continue  # a prompt was prefilled in this step too
-        a = agg[(kind, k)]
-        a[0] += r["step_ms"]
-        a[1] += r["verify"] + r.get("accepted_tokens", 0)
+        a = agg[(r.kind, r.k)]
+        a[0] += r.step_ms
+        a[1] += r.verify + r.accepted_tokens
         a[2] += 1
     print(path)
     for (kind, k), (ms, out, n) in sorted(agg.items()):
